@@ -1,0 +1,331 @@
+"""`distill`: argument parsing only. Every command calls a function of the package.
+
+    distill run scripts/recipes/quickstart.yaml         # all stages of a recipe, resumable
+    distill status runs/quickstart --json               # one JSON object per stage
+    distill prompts --task arithmetic --n 200 --output out/00-prompts
+    distill generate --input out/00-prompts --output out/01-generate --n 4 --temperature 0.8
+    distill merge out/01-generate                       # join shards that ran separately
+    distill train sft scripts/configs/sft.yaml          # LoRA training from a TRL config
+    distill eval smollm2-135m-instruct --task arithmetic --split test
+
+Exit codes: 0 success; 2 bad input or config (one line that names the fix); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import UserError
+
+STAGES = ("prompts", "generate", "verify", "mine", "regenerate", "self-distill", "export")
+
+
+def _scalar(tp):
+    """The scalar type a CLI flag can carry for a dataclass field type, or None."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _scalar(args[0]) if len(args) == 1 else None
+    if origin is list and typing.get_args(tp) and typing.get_args(tp)[0] in (str, int, float):
+        return list
+    if origin is typing.Literal:
+        return str
+    return tp if tp in (int, float, str, bool) else None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> list[str]:
+    """One --flag per scalar field of a Config dataclass, with the field's help text."""
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        kind = _scalar(hints[f.name])
+        if kind is None or f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        if default not in (None, dataclasses.MISSING) and not isinstance(default, list):
+            help_text += f" (default: {default})"
+        if kind is bool:
+            parser.add_argument(
+                flag,
+                dest=f"cfg_{f.name}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif kind is list:
+            parser.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(
+                flag, dest=f"cfg_{f.name}", default=None, metavar=kind.__name__.upper(), help=help_text
+            )
+        names.append(f.name)
+    return names
+
+
+def flag_values(args: argparse.Namespace, names: list[str]) -> dict:
+    """Flags that were given, parsed like YAML scalars (so --temperature 0.8 is a float)."""
+    out = {}
+    for name in names:
+        value = getattr(args, f"cfg_{name}")
+        if value is None:
+            continue
+        if isinstance(value, list):
+            out[name] = [_yaml_scalar(v) for v in value]
+        elif isinstance(value, bool):
+            out[name] = value
+        else:
+            out[name] = _yaml_scalar(value)
+    return out
+
+
+def _yaml_scalar(text: str):
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) or value is None else value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args) -> int:
+    from pipeline.runner import run_recipe
+
+    result = run_recipe(args.recipe, run_dir=args.run_dir, overwrite=args.overwrite)
+    print(result["run_dir"])
+    return 0
+
+
+def cmd_status(args) -> int:
+    from pipeline.runner import status
+
+    rows = status(args.run_dir)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            extra = f"{row['rows_out']} rows" if row["status"] == "complete" else ""
+            if row["status"] == "partial":
+                extra = f"{row['shards_done']}/{row['shards']} shards"
+            print(f"{row['name']:<14} {row['status']:<9} {extra}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from pipeline.runner import merge
+
+    manifest = merge(args.stage_dir)
+    print(f"{args.stage_dir}: {manifest['rows_out']} rows, {manifest['shards']} shards merged")
+    return 0
+
+
+def _context_from_args(args, stage: str):
+    from pipeline.config import from_dict
+    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.tasks import SourceConfig
+
+    teachers = []
+    for i, spec in enumerate(args.teacher or []):
+        options = {"model": spec, "engine": args.engine}
+        if args.base_url:
+            options["base_url"] = args.base_url
+        teachers.append(from_dict(ModelConfig, options, f"--teacher[{i}]"))
+    critic = (
+        from_dict(ModelConfig, {"model": args.critic, "engine": args.engine}, "--critic")
+        if args.critic
+        else None
+    )
+    source = None
+    if stage == "prompts":
+        src = {"split": args.split, "seed": args.seed}
+        if args.input:
+            src["path"] = str(args.input)
+            src["task"] = args.task
+        else:
+            src["task"] = args.task or "arithmetic"
+        for key in ("n", "prompt_column", "reference_column", "messages_column", "id_column"):
+            if getattr(args, key) is not None:
+                src[key] = getattr(args, key)
+        source = from_dict(SourceConfig, src, "source")
+    return RunContext(teachers=teachers, critic=critic, source=source, run_dir=Path(args.output).parent)
+
+
+def make_stage_command(sub, stage: str):
+    from pipeline.recipe import stage_module
+
+    try:
+        module = stage_module(stage)
+    except UserError:
+        return  # stage not in this version
+    doc = (module.__doc__ or "").strip()
+    p = sub.add_parser(
+        stage,
+        help=doc.splitlines()[0] if doc else stage,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--input",
+        type=Path,
+        required=stage != "prompts",
+        help="input: a stage folder, a datasets folder, .jsonl or .parquet"
+        + (" (user data)" if stage == "prompts" else ""),
+    )
+    p.add_argument("--output", type=Path, required=True, help="output stage folder")
+    p.add_argument("--config", type=Path, help="YAML file with this stage's settings (flags override it)")
+    p.add_argument("--num-shards", type=int, help="split the work into N shards (default: by shard_size)")
+    p.add_argument(
+        "--shard-index", type=int, help="run only shard i (0-based); join later with `distill merge`"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing, different result in --output"
+    )
+    if stage == "prompts":
+        p.add_argument("--task", help="built-in task (arithmetic, humaneval), or a label for --input rows")
+        p.add_argument("--n", type=int, help="number of prompts")
+        p.add_argument("--split", default="train", help="train, validation or test")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--prompt-column")
+        p.add_argument("--reference-column")
+        p.add_argument("--messages-column")
+        p.add_argument("--id-column")
+        names = add_config_flags(p, module.Config)
+    else:
+        p.add_argument("--teacher", action="append", help="teacher model spec (repeat for several teachers)")
+        p.add_argument("--critic", help="critic model spec (verify)")
+        p.add_argument(
+            "--engine", default="vllm", choices=["vllm", "openai", "hf"], help="engine for --teacher/--critic"
+        )
+        p.add_argument("--base-url", help="openai engine: server URL")
+        names = add_config_flags(p, module.Config)
+    p.set_defaults(func=lambda args: cmd_stage(args, stage, module, names))
+
+
+def cmd_stage(args, stage: str, module, names: list[str]) -> int:
+    from pipeline.config import from_dict, load_yaml
+
+    settings = load_yaml(args.config) if args.config else {}
+    settings.update(flag_values(args, names))
+    config = from_dict(module.Config, settings, f"{stage} config")
+    context = _context_from_args(args, stage)
+    input_path = None if stage == "prompts" else args.input
+    manifest = module.run(
+        config,
+        input_path,
+        args.output,
+        context=context,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        overwrite=args.overwrite,
+    )
+    if manifest is None:
+        print(
+            f"{args.output}: shard {args.shard_index} done; other shards remain (then `distill merge {args.output}`)"
+        )
+        return 0
+    summary = module.summary(manifest) if hasattr(module, "summary") else f"{manifest['rows_out']} rows"
+    print(f"{args.output}: {summary}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.train import run_training
+
+    overrides = {}
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    manifest = run_training(args.mode, args.config, overrides)
+    print(json.dumps({k: manifest.get(k) for k in ("output_dir", "final_loss", "tokens_per_s", "wall_s")}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pipeline.train.evaluate import evaluate
+
+    result = evaluate(
+        args.model,
+        adapter=args.adapter,
+        task=args.task,
+        split=args.split,
+        n=args.samples,
+        engine=args.engine,
+        limit=args.limit,
+        seed=args.seed,
+    )
+    print(json.dumps(result if args.json else {k: v for k, v in result.items() if k != "rows"}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run every stage of a recipe (resumable)")
+    p.add_argument("recipe", help="recipe YAML, e.g. scripts/recipes/quickstart.yaml")
+    p.add_argument("--run-dir", help="output folder (default: runs/<recipe run name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace stages whose settings changed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="show each stage of a run: complete, partial or missing")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="one JSON object per stage")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("merge", help="join the shards of a stage that ran as separate --shard-index jobs")
+    p.add_argument("stage_dir")
+    p.set_defaults(func=cmd_merge)
+
+    for stage in STAGES:
+        make_stage_command(sub, stage)
+
+    p = sub.add_parser("train", help="train a LoRA student with TRL from a config YAML")
+    p.add_argument("mode", choices=["sft", "dpo", "gkd", "kd"])
+    p.add_argument("config", help="TRL config YAML (scripts/configs/*.yaml)")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of a model (plus an optional LoRA adapter) on a task split")
+    p.add_argument("model", help="model spec")
+    p.add_argument("--adapter", help="LoRA adapter folder")
+    p.add_argument("--task", default="arithmetic")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=100, help="number of problems")
+    p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k when > 1)")
+    p.add_argument("--engine", default="hf", choices=["vllm", "hf"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="include per-row results")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Recipe YAML -> typed, validated dataclasses. Unknown keys and wrong types are errors with the key's path.
+
+A recipe (scripts/recipes/*.yaml) names the teacher(s), the prompt source, the stages with their settings and
+the student:
+
+    run: demo
+    teacher: {model: smollm2-135m-instruct, engine: vllm}
+    student: {model: smollm2-135m-instruct, prune_layers: 6}
+    source: {task: arithmetic, n: 200, seed: 0}
+    stages:
+      - generate: {n: 4, temperature: 0.8, max_tokens: 256, seed: 0}
+      - verify: {verifiers: [math], dedup: {minhash_threshold: 0.85}}
+      - export: {formats: [sft, dpo, kd]}
+
+Stage settings are each stage module's own `Config` dataclass (pipeline/stages/<stage>.py), so a stage's
+options are declared once, next to the code that uses them, with their help text.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pipeline.config import from_dict, load_yaml
+from pipeline.errors import UserError
+from pipeline.tasks import SourceConfig
+
+# Stage name in recipes and on the command line -> module in pipeline/stages/.
+STAGE_MODULES = {
+    "prompts": "prompts",
+    "generate": "generate",
+    "verify": "verify",
+    "mine": "mine",
+    "regenerate": "regenerate",
+    "self-distill": "self_distill",
+    "export": "export",
+}
+
+
+@dataclass
+class ModelConfig:
+    """A model and the engine that runs it (teacher, critic)."""
+
+    model: str = field(
+        metadata={"help": "model spec: smollm2-135m-instruct, a local folder, a .gguf file or a hub id"}
+    )
+    engine: Literal["vllm", "openai", "hf"] = field(default="vllm", metadata={"help": "inference backend"})
+    name: str | None = field(
+        default=None, metadata={"help": "label recorded in the `teacher` column (default: model)"}
+    )
+    revision: str | None = field(default=None, metadata={"help": "hub revision (hub ids only)"})
+    # vllm / hf
+    dtype: str | None = field(
+        default=None, metadata={"help": "float32 on CPU (default), bfloat16/auto on GPU"}
+    )
+    max_model_len: int | None = field(default=None, metadata={"help": "context length (prompt + completion)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
+    gpu_memory_utilization: float | None = field(
+        default=None, metadata={"help": "vllm: fraction of GPU memory"}
+    )
+    enable_prefix_caching: bool | None = field(
+        default=None, metadata={"help": "vllm: share KV cache of prefixes"}
+    )
+    batch_size: int | None = field(default=None, metadata={"help": "hf: prompts per generate() batch"})
+    # openai
+    base_url: str | None = field(
+        default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1"}
+    )
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "openai: model name the server expects"}
+    )
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "openai: environment variable with the key"}
+    )
+    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight"})
+    timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request"})
+
+    def validate(self, path: str) -> None:
+        if self.engine == "openai" and not self.base_url:
+            raise UserError(
+                f"{path}.base_url is required with engine: openai (e.g. http://127.0.0.1:8000/v1)"
+            )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    def engine_options(self) -> dict:
+        """Options passed to the engine constructor (only those set)."""
+        keys = {
+            "vllm": (
+                "dtype",
+                "max_model_len",
+                "tensor_parallel_size",
+                "gpu_memory_utilization",
+                "enable_prefix_caching",
+            ),
+            "hf": ("dtype", "batch_size", "max_model_len"),
+            "openai": ("base_url", "served_model_name", "api_key_env", "concurrency", "timeout"),
+        }[self.engine]
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass
+class StudentConfig:
+    model: str = field(metadata={"help": "model spec of the student's starting point"})
+    prune_layers: int = field(
+        default=0, metadata={"help": "drop this many decoder layers (depth pruning) first"}
+    )
+    prune_start: int | None = field(
+        default=None, metadata={"help": "first layer to drop (default: chosen by angular distance)"}
+    )
+
+
+@dataclass
+class RunContext:
+    """What stages may need besides their own config: the models of the run, and where it lives."""
+
+    teachers: list[ModelConfig] = field(default_factory=list)
+    student: StudentConfig | None = None
+    critic: ModelConfig | None = None
+    source: SourceConfig | None = None
+    run_dir: Path | None = None
+
+
+@dataclass
+class StageEntry:
+    name: str
+    config: object  # the stage module's Config dataclass
+
+
+@dataclass
+class Recipe:
+    run: str
+    source: SourceConfig
+    teachers: list[ModelConfig]
+    stages: list[StageEntry]
+    student: StudentConfig | None = None
+    critic: ModelConfig | None = None
+    path: Path | None = None
+
+    def context(self, run_dir: Path) -> RunContext:
+        return RunContext(self.teachers, self.student, self.critic, self.source, run_dir)
+
+
+def stage_module(name: str):
+    if name not in STAGE_MODULES:
+        raise UserError(f"unknown stage '{name}'; expected one of: {', '.join(STAGE_MODULES)}")
+    try:
+        return importlib.import_module(f"pipeline.stages.{STAGE_MODULES[name]}")
+    except ModuleNotFoundError as e:
+        if e.name == f"pipeline.stages.{STAGE_MODULES[name]}":
+            raise UserError(
+                f"stage '{name}' is not available in this version of the pipeline; remove it"
+            ) from None
+        raise
+
+
+TOP_KEYS = ("run", "teacher", "student", "critic", "source", "stages")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    data = load_yaml(path)
+    where = "recipe"
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"{where}: '{key}' is not a known key; expected one of: {', '.join(TOP_KEYS)}")
+    for key in ("run", "teacher", "source", "stages"):
+        if key not in data:
+            raise UserError(f"{where} needs the key '{key}' (see scripts/recipes/quickstart.yaml)")
+    run = data["run"]
+    if not isinstance(run, str) or not run.strip() or "/" in run:
+        raise UserError(f"{where}.run must be a non-empty name without '/', not {run!r}")
+    teacher = data["teacher"]
+    teacher_list = teacher if isinstance(teacher, list) else [teacher]
+    if not teacher_list:
+        raise UserError(f"{where}.teacher must name at least one model")
+    teachers = [
+        from_dict(ModelConfig, t, f"{where}.teacher" + (f"[{i}]" if isinstance(teacher, list) else ""))
+        for i, t in enumerate(teacher_list)
+    ]
+    labels = [t.label for t in teachers]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"{where}.teacher lists the same model twice; give each a distinct `name:`")
+    source = from_dict(SourceConfig, data["source"], f"{where}.source")
+    student = from_dict(StudentConfig, data["student"], f"{where}.student") if data.get("student") else None
+    critic = from_dict(ModelConfig, data["critic"], f"{where}.critic") if data.get("critic") else None
+    stages_raw = data["stages"]
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise UserError(f"{where}.stages must be a non-empty list like [{{generate: {{n: 4}}}}]")
+    stages = []
+    for i, entry in enumerate(stages_raw):
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise UserError(f"{where}.stages[{i}] must be one mapping like {{generate: {{...}}}}")
+        ((name, settings),) = entry.items()
+        module = stage_module(name)
+        stages.append(StageEntry(name, from_dict(module.Config, settings, f"{where}.stages[{i}].{name}")))
+    return Recipe(
+        run=run,
+        source=source,
+        teachers=teachers,
+        stages=stages,
+        student=student,
+        critic=critic,
+        path=Path(path),
+    )

@@ -1,0 +1,66 @@
+"""Stages: each is `run(config, input_dir, output_dir, *, context, ...) -> manifest`, one module each.
+
+Helpers shared by every stage: reading an input (a stage folder, a datasets folder, JSONL or Parquet),
+the input's fingerprint for lineage, and the column check each stage makes before it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.errors import UserError
+from pipeline.store import load_table, read_manifest
+
+
+def input_table(path: str | Path) -> pa.Table:
+    """Rows of a stage input: a stage folder (its data/), a datasets folder, a JSONL or a Parquet file."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(
+            f"input {path} does not exist; pass a stage folder, a datasets folder, .jsonl or .parquet"
+        )
+    if p.is_dir():
+        if (p / "shards" / "progress.json").exists() and read_manifest(p) is None:
+            raise UserError(
+                f"input {path} is an unfinished stage; finish it first, or run `distill merge {path}`"
+            )
+        return load_table(p / "data" if (p / "data").is_dir() else p)
+    from pipeline.tasks.files import read_records
+
+    records = read_records(p)
+    for row in records:  # nested columns written as JSON text in a JSONL file stay usable
+        if isinstance(row.get("messages"), str):
+            try:
+                row["messages"] = json.loads(row["messages"])
+            except ValueError:
+                pass
+    return pa.Table.from_pylist(records)
+
+
+def input_ref(path: str | Path) -> dict:
+    """Lineage of an input: its path and fingerprint (the stage's own, or a hash of the file)."""
+    p = Path(path)
+    manifest = read_manifest(p) if p.is_dir() else None
+    if manifest is not None:
+        return {"path": str(p), "fingerprint": manifest["fingerprint"], "stage": manifest["stage"]}
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return {"path": str(p), "fingerprint": h.hexdigest()}
+
+
+def require_columns(table: pa.Table, columns: list[str], stage: str, source: str | Path) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise UserError(
+            f"{stage}: input {source} lacks column(s) {', '.join(missing)} (has: {', '.join(table.column_names)}); "
+            f"feed it the output of the stage before {stage}"
+        )
+    if table.num_rows == 0:
+        raise UserError(f"{stage}: input {source} has no rows; check the previous stage's rejected/ folder")

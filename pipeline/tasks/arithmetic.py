@@ -1,0 +1,114 @@
+"""Seeded arithmetic word problems with exact answers, at controllable difficulty.
+
+Difficulty: `ops` operations per problem, `digits` digits per operand, operators from `+-*`.
+Splits are disjoint by construction: each candidate question is assigned to train / validation / test by a
+hash of its text (80/10/10), so a question never appears in two splits whatever `n` and `seed` are.
+The wording comes from prompts/tasks/arithmetic_{train,heldout}.jinja; validation and test use the held-out
+wording by default, so evaluation measures arithmetic, not memorized phrasing.
+
+    python -c "from pipeline.tasks.arithmetic import generate; print(generate(3, 'train')[0])"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+from pipeline import templates
+from pipeline.errors import UserError
+from pipeline.tasks.ids import prompt_id
+
+NAMES = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jamal", "Kim", "Leo"]
+SPLIT_OF_BUCKET = {**{b: "train" for b in range(8)}, 8: "validation", 9: "test"}  # 80/10/10
+
+
+def _split_of(question: str) -> str:
+    return SPLIT_OF_BUCKET[int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10]
+
+
+def _evaluate_left_to_right(terms: list[int], ops: list[str]) -> int:
+    value = terms[0]
+    for op, t in zip(ops, terms[1:], strict=True):
+        value = value + t if op == "+" else value - t if op == "-" else value * t
+    return value
+
+
+def _expression(terms: list[int], ops: list[str]) -> str:
+    # Parenthesize so that left-to-right evaluation is also the conventional reading.
+    text = str(terms[0])
+    for i, (op, t) in enumerate(zip(ops, terms[1:], strict=True)):
+        text = (
+            f"({text} {op} {t})"
+            if i < len(ops) - 1 and ops[i + 1] == "*" and op != "*"
+            else f"{text} {op} {t}"
+        )
+    return text
+
+
+def generate(
+    n: int,
+    split: str = "train",
+    seed: int = 0,
+    ops: int = 1,
+    digits: int = 1,
+    operators: str = "+-*",
+    phrasing: str | None = None,
+) -> list[dict]:
+    if not 1 <= ops <= 4 or not 1 <= digits <= 4:
+        raise UserError("arithmetic: ops and digits must each be between 1 and 4")
+    if not operators or set(operators) - set("+-*"):
+        raise UserError(f"arithmetic: operators '{operators}' must be a non-empty subset of '+-*'")
+    if split not in ("train", "validation", "test"):
+        raise UserError(f"arithmetic: split '{split}' must be train, validation or test")
+    phrasing = phrasing or ("train" if split == "train" else "heldout")
+    if phrasing not in ("train", "heldout"):
+        raise UserError(f"arithmetic: phrasing '{phrasing}' must be train or heldout")
+    template = f"tasks/arithmetic_{phrasing}.jinja"
+    lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    rng = random.Random(f"arithmetic:{seed}:{ops}:{digits}:{operators}")
+    rows, seen = [], set()
+    attempts = 0
+    while len(rows) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise UserError(
+                f"arithmetic: only {len(rows)} distinct {split} problems exist at ops={ops}, digits={digits}; "
+                "lower n or raise digits/ops"
+            )
+        terms = [rng.randint(lo, hi) for _ in range(ops + 1)]
+        op_list = [rng.choice(operators) for _ in range(ops)]
+        if ops == 1 and op_list[0] == "-" and terms[0] < terms[1]:
+            terms.reverse()  # keep one-step subtraction word problems non-negative
+        expression = _expression(terms, op_list)
+        variant = rng.randrange(1000)
+        question = templates.render(
+            template, expression=expression, terms=terms, ops=op_list, variant=variant, name=rng.choice(NAMES)
+        )
+        if question in seen or _split_of(question) != split:
+            continue
+        seen.add(question)
+        answer = _evaluate_left_to_right(terms, op_list)
+        rows.append(
+            {
+                "id": prompt_id("arithmetic", question),
+                "task": "arithmetic",
+                "messages": [{"role": "user", "content": question}],
+                "prompt": question,
+                "reference": str(answer),
+                "meta": json.dumps(
+                    {
+                        "expression": expression,
+                        "split": split,
+                        "ops": ops,
+                        "digits": digits,
+                        "phrasing": phrasing,
+                    }
+                ),
+            }
+        )
+    return rows
+
+
+def template_names(phrasing: str | None = None) -> list[str]:
+    return [f"tasks/arithmetic_{p}.jinja" for p in ([phrasing] if phrasing else ["train", "heldout"])]

@@ -1,0 +1,56 @@
+"""Jinja prompt templates from `prompts/`: rendering, and hashes that go into fingerprints.
+
+Every prompt the pipeline sends (system prompts, task phrasings, critic rubric, regeneration and
+self-distillation instructions) is a file in `prompts/`, so changing one changes the fingerprint of the
+stages that use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from pipeline.errors import UserError
+
+
+def prompts_dir() -> Path:
+    return Path(os.environ.get("DISTILL_PROMPTS_DIR") or Path(__file__).resolve().parent.parent / "prompts")
+
+
+@cache
+def _env(root: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+
+
+def exists(name: str) -> bool:
+    return (prompts_dir() / name).is_file()
+
+
+def render(template: str, **variables) -> str:
+    """Render `prompts/<name>` with strict variables (a missing variable is an error, not an empty string)."""
+    try:
+        return _env(str(prompts_dir())).get_template(template).render(**variables).strip()
+    except jinja2.TemplateNotFound:
+        raise UserError(f"prompt template prompts/{template} does not exist; add it or fix the name") from None
+    except jinja2.UndefinedError as e:
+        raise UserError(f"prompt template prompts/{template} uses an unknown variable ({e.message})") from None
+
+
+def template_hash(name: str) -> str:
+    path = prompts_dir() / name
+    if not path.is_file():
+        raise UserError(f"prompt template prompts/{name} does not exist; add it or fix the name")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def template_text(name: str) -> str:
+    return (prompts_dir() / name).read_text()
