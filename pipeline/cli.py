@@ -136,14 +136,15 @@ def _context_from_args(args, stage: str):
     from pipeline.tasks import SourceConfig
 
     teachers = []
-    for i, spec in enumerate(args.teacher or []):
+    for i, spec in enumerate(getattr(args, "teacher", None) or []):
         options = {"model": spec, "engine": args.engine}
         if args.base_url:
             options["base_url"] = args.base_url
         teachers.append(from_dict(ModelConfig, options, f"--teacher[{i}]"))
+    critic_spec = getattr(args, "critic", None)
     critic = (
-        from_dict(ModelConfig, {"model": args.critic, "engine": args.engine}, "--critic")
-        if args.critic
+        from_dict(ModelConfig, {"model": critic_spec, "engine": args.engine}, "--critic")
+        if critic_spec
         else None
     )
     source = None

@@ -32,6 +32,7 @@ import pyarrow as pa
 from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
+EXECUTION_KEYS = ("shard_size",)
 # A key is secret when its last word is one of these (api_key, hf_token; not max_tokens or api_key_env).
 SECRET_KEY = re.compile(r"(^|_)(key|token|secret|password|apikey)$", re.IGNORECASE)
 RUN_ID = f"{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
@@ -122,8 +123,9 @@ def add_counts(total: dict, more: dict) -> dict:
 
 def save_table(table: pa.Table, folder: Path) -> None:
     """Write a table as a `datasets` folder (load_from_disk works; the .arrow file is plain Arrow IPC)."""
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
 
+    disable_progress_bars()
     tmp = folder.with_name(f".{folder.name}.tmp.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     Dataset(table).save_to_disk(str(tmp))
@@ -191,6 +193,9 @@ class StageStore:
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
+        # How the work is cut into shards does not change the result, so it is not part of the identity.
+        config = {k: v for k, v in self.parts.get("config", {}).items() if k not in EXECUTION_KEYS}
+        self.parts = {**self.parts, "config": config}
         self.fingerprint = fingerprint_of(self.parts)
 
     @property

@@ -68,10 +68,10 @@ def generate(
     lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     rng = random.Random(f"arithmetic:{seed}:{ops}:{digits}:{operators}")
     rows, seen = [], set()
-    attempts = 0
+    misses = 0  # consecutive draws that gave nothing new: the split's question space is exhausted
     while len(rows) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
+        misses += 1
+        if misses > 20000:
             raise UserError(
                 f"arithmetic: only {len(rows)} distinct {split} problems exist at ops={ops}, digits={digits}; "
                 "lower n or raise digits/ops"
@@ -88,6 +88,7 @@ def generate(
         if question in seen or _split_of(question) != split:
             continue
         seen.add(question)
+        misses = 0
         answer = _evaluate_left_to_right(terms, op_list)
         rows.append(
             {
