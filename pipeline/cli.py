@@ -47,9 +47,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...]
     names = []
     for f in dataclasses.fields(cls):
         kind = _scalar(hints[f.name])
-        if kind is None or f.name in skip:
-            continue
         flag = "--" + f.name.replace("_", "-")
+        if kind is None or f.name in skip or flag in parser._option_string_actions:
+            continue  # nested settings go in --config; a name taken by a common flag keeps its meaning
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata.get("help", "")
         if default not in (None, dataclasses.MISSING) and not isinstance(default, list):
@@ -132,7 +132,7 @@ def cmd_merge(args) -> int:
 
 def _context_from_args(args, stage: str):
     from pipeline.config import from_dict
-    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.recipe import ModelConfig, RunContext, StudentConfig
     from pipeline.tasks import SourceConfig
 
     teachers = []
@@ -147,6 +147,8 @@ def _context_from_args(args, stage: str):
         if critic_spec
         else None
     )
+    student_spec = getattr(args, "student", None)
+    student = from_dict(StudentConfig, {"model": student_spec}, "--student") if student_spec else None
     source = None
     if stage == "prompts":
         src = {"split": args.split, "seed": args.seed}
@@ -159,7 +161,9 @@ def _context_from_args(args, stage: str):
             if getattr(args, key) is not None:
                 src[key] = getattr(args, key)
         source = from_dict(SourceConfig, src, "source")
-    return RunContext(teachers=teachers, critic=critic, source=source, run_dir=Path(args.output).parent)
+    return RunContext(
+        teachers=teachers, student=student, critic=critic, source=source, run_dir=Path(args.output).parent
+    )
 
 
 def make_stage_command(sub, stage: str):
@@ -205,6 +209,7 @@ def make_stage_command(sub, stage: str):
     else:
         p.add_argument("--teacher", action="append", help="teacher model spec (repeat for several teachers)")
         p.add_argument("--critic", help="critic model spec (verify)")
+        p.add_argument("--student", help="student model spec (mine)")
         p.add_argument(
             "--engine", default="vllm", choices=["vllm", "openai", "hf"], help="engine for --teacher/--critic"
         )
@@ -237,6 +242,22 @@ def cmd_stage(args, stage: str, module, names: list[str]) -> int:
         return 0
     summary = module.summary(manifest) if hasattr(module, "summary") else f"{manifest['rows_out']} rows"
     print(f"{args.output}: {summary}")
+    return 0
+
+
+def cmd_loop(args) -> int:
+    from pipeline.loop import run_loop
+
+    overrides = {k: getattr(args, k) for k in ("iterations", "max_steps", "validation_n", "patience")}
+    summary = run_loop(
+        args.recipe, run_dir=args.run_dir, overrides={k: v for k, v in overrides.items() if v is not None}
+    )
+    for m in summary["history"]:
+        print(
+            f"iteration {m['iteration']}: validation accuracy {m['val_accuracy']:.1%} on {m['train_rows']} train rows"
+        )
+    best = summary["best"]
+    print(f"best: iteration {best['iteration']} ({best['val_accuracy']:.1%}), adapter {best['adapter']}")
     return 0
 
 
@@ -293,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage in STAGES:
         make_stage_command(sub, stage)
+
+    p = sub.add_parser(
+        "loop", help="performance-guided loop: train, evaluate, mine failures, regenerate, repeat"
+    )
+    p.add_argument("recipe", help="recipe YAML with a `student:` and optionally a `loop:` section")
+    p.add_argument("--run-dir", help="output folder (default: runs/<recipe run name>)")
+    p.add_argument("--iterations", type=int, help="most rounds")
+    p.add_argument("--max-steps", type=int, help="training steps per round")
+    p.add_argument("--validation-n", type=int, help="validation prompts")
+    p.add_argument("--patience", type=int, help="rounds without improvement before stopping")
+    p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("train", help="train a LoRA student with TRL from a config YAML")
     p.add_argument("mode", choices=["sft", "dpo", "gkd", "kd"])

@@ -115,6 +115,32 @@ class StudentConfig:
 
 
 @dataclass
+class LoopConfig:
+    iterations: int = field(
+        default=3, metadata={"help": "most train/evaluate rounds (iteration 0 = plain SFT)"}
+    )
+    patience: int = field(default=1, metadata={"help": "stop after this many rounds without improvement"})
+    min_delta: float = field(default=0.0, metadata={"help": "smallest validation gain that counts"})
+    validation_n: int = field(
+        default=100, metadata={"help": "validation prompts (the source's validation split)"}
+    )
+    train_config: str = field(
+        default="scripts/configs/sft.yaml", metadata={"help": "TRL SFT config of each round"}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "training steps per round (overrides the config)"}
+    )
+    per_prompt: int = field(default=4, metadata={"help": "new prompts per hard validation prompt"})
+    teacher_budget_tokens: int | None = field(
+        default=None, metadata={"help": "stop once regeneration used this many teacher tokens"}
+    )
+    engine: Literal["hf", "vllm"] = field(
+        default="hf", metadata={"help": "engine the student is evaluated on"}
+    )
+    max_tokens: int = field(default=128, metadata={"help": "most new tokens per student answer"})
+
+
+@dataclass
 class RunContext:
     """What stages may need besides their own config: the models of the run, and where it lives."""
 
@@ -139,6 +165,7 @@ class Recipe:
     stages: list[StageEntry]
     student: StudentConfig | None = None
     critic: ModelConfig | None = None
+    loop: LoopConfig | None = None
     path: Path | None = None
 
     def context(self, run_dir: Path) -> RunContext:
@@ -158,7 +185,7 @@ def stage_module(name: str):
         raise
 
 
-TOP_KEYS = ("run", "teacher", "student", "critic", "source", "stages")
+TOP_KEYS = ("run", "teacher", "student", "critic", "source", "stages", "loop")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -187,6 +214,7 @@ def load_recipe(path: str | Path) -> Recipe:
     source = from_dict(SourceConfig, data["source"], f"{where}.source")
     student = from_dict(StudentConfig, data["student"], f"{where}.student") if data.get("student") else None
     critic = from_dict(ModelConfig, data["critic"], f"{where}.critic") if data.get("critic") else None
+    loop = from_dict(LoopConfig, data["loop"], f"{where}.loop") if data.get("loop") else None
     stages_raw = data["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
         raise UserError(f"{where}.stages must be a non-empty list like [{{generate: {{n: 4}}}}]")
@@ -200,6 +228,7 @@ def load_recipe(path: str | Path) -> Recipe:
         module = stage_module(name)
         stages.append(StageEntry(name, from_dict(module.Config, settings, f"{where}.stages[{i}].{name}")))
     return Recipe(
+        loop=loop,
         run=run,
         source=source,
         teachers=teachers,

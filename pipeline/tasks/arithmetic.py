@@ -64,21 +64,36 @@ def generate(
     phrasing = phrasing or ("train" if split == "train" else "heldout")
     if phrasing not in ("train", "heldout"):
         raise UserError(f"arithmetic: phrasing '{phrasing}' must be train or heldout")
+    rng = random.Random(f"arithmetic:{seed}:{ops}:{digits}:{operators}")
+    return _draw(n, rng, split, phrasing, digits, lambda: [rng.choice(operators) for _ in range(ops)])
+
+
+def similar(meta: dict, k: int, rng: random.Random) -> list[dict]:
+    """k new training problems with the structure of `meta`'s problem: same operators in the same order,
+    same number of digits, new numbers, training wording. Used to regenerate data aimed at failures."""
+    op_list = [t for t in meta["expression"].split() if t in ("+", "-", "*")]
+    return _draw(k, rng, "train", "train", int(meta.get("digits", 1)), lambda: list(op_list), max_misses=2000)
+
+
+def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) -> list[dict]:
+    """Draw n distinct questions of `split` (a question's split is a hash of its text)."""
     template = f"tasks/arithmetic_{phrasing}.jinja"
     lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
-    rng = random.Random(f"arithmetic:{seed}:{ops}:{digits}:{operators}")
     rows, seen = [], set()
     misses = 0  # consecutive draws that gave nothing new: the split's question space is exhausted
     while len(rows) < n:
         misses += 1
-        if misses > 20000:
+        if misses > max_misses:
+            if max_misses < 20000:
+                break  # similar(): a small structure may have fewer than k new questions; that is fine
+            ops = len(draw_ops())
             raise UserError(
                 f"arithmetic: only {len(rows)} distinct {split} problems exist at ops={ops}, digits={digits}; "
                 "lower n or raise digits/ops"
             )
-        terms = [rng.randint(lo, hi) for _ in range(ops + 1)]
-        op_list = [rng.choice(operators) for _ in range(ops)]
-        if ops == 1 and op_list[0] == "-" and terms[0] < terms[1]:
+        op_list = draw_ops()
+        terms = [rng.randint(lo, hi) for _ in range(len(op_list) + 1)]
+        if len(op_list) == 1 and op_list[0] == "-" and terms[0] < terms[1]:
             terms.reverse()  # keep one-step subtraction word problems non-negative
         expression = _expression(terms, op_list)
         variant = rng.randrange(1000)
@@ -90,6 +105,13 @@ def generate(
         seen.add(question)
         misses = 0
         answer = _evaluate_left_to_right(terms, op_list)
+        meta = {
+            "expression": expression,
+            "split": split,
+            "ops": len(op_list),
+            "digits": digits,
+            "phrasing": phrasing,
+        }
         rows.append(
             {
                 "id": prompt_id("arithmetic", question),
@@ -97,15 +119,7 @@ def generate(
                 "messages": [{"role": "user", "content": question}],
                 "prompt": question,
                 "reference": str(answer),
-                "meta": json.dumps(
-                    {
-                        "expression": expression,
-                        "split": split,
-                        "ops": ops,
-                        "digits": digits,
-                        "phrasing": phrasing,
-                    }
-                ),
+                "meta": json.dumps(meta),
             }
         )
     return rows
