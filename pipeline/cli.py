@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
     from pipeline.runner import run_recipe
 
     result = run_recipe(args.recipe, run_dir=args.run_dir, overwrite=args.overwrite)
-    print(result["run_dir"])
+    print(f"run:    {result['run_dir']}\ncard:   {result['card']}\nreport: {result['report']}")
     return 0
 
 
@@ -261,6 +261,36 @@ def cmd_loop(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from pipeline.cards import write_card
+
+    print(write_card(args.run_dir, repo_id=args.repo_id, license=args.license, language=args.language))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from pipeline.cards import publish
+
+    folder = publish(
+        args.run_dir,
+        args.repo_id,
+        private=args.private,
+        dry_run=args.dry_run,
+        include_rejected=args.include_rejected,
+        license=args.license,
+        language=args.language,
+    )
+    print(folder if args.dry_run else f"uploaded {folder} to datasets/{args.repo_id}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_train(args) -> int:
     from pipeline.train import run_training
 
@@ -332,6 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("card", help="write the Hugging Face dataset card of a run from its manifests")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--repo-id", help="ORG/NAME the card will live at (used in the card's usage example)")
+    p.add_argument("--license", help="dataset license id (default: derived from the teacher and source)")
+    p.add_argument("--language", nargs="+", default=["en"], help="language codes")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser(
+        "publish", help="upload a run's exports (Parquet, one config each) with the card to the Hub"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--repo-id", required=True, help="dataset repo ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
+    p.add_argument("--include-rejected", action="store_true", help="also publish rejected rows with reasons")
+    p.add_argument("--license", help="dataset license id")
+    p.add_argument("--language", nargs="+", default=["en"], help="language codes")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("report", help="write runs/<run>/report.html: plots of every stage")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="accuracy of a model (plus an optional LoRA adapter) on a task split")
     p.add_argument("model", help="model spec")

@@ -46,7 +46,12 @@ def run_recipe(
         log(f"[distill] {folder.name}: {summary} ({state}, {time.perf_counter() - t0:.1f}s)")
         manifests[folder.name] = manifest
         previous = folder
-    return {"run_dir": str(run_dir), "stages": list(manifests)}
+    from pipeline.cards import write_card
+    from pipeline.report import write_report
+
+    card, report = write_card(run_dir), write_report(run_dir)
+    log(f"[distill] card: {card}\n[distill] report: {report}")
+    return {"run_dir": str(run_dir), "stages": list(manifests), "card": str(card), "report": str(report)}
 
 
 def status(run_dir: str | Path) -> list[dict]:

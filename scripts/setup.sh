@@ -12,14 +12,14 @@ TORCH_CPU=2.13.0
 
 log() { echo "[setup] $*" >&2; }
 
-# System packages the sandbox and the report test need (Debian/Ubuntu; skipped when absent or not root).
+# System packages: chromium renders the run report in its test (Debian/Ubuntu; skipped without apt).
 need_apt=()
-command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ "${DISTILL_SKIP_APT:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
   log "installing ${need_apt[*]} (apt)"
   ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null) \
-    || log "could not apt-get install ${need_apt[*]}; the code sandbox falls back to unshare + rlimits"
+    || log "could not apt-get install ${need_apt[*]}; the report test needs it (everything else works without)"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
