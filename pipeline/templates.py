@@ -40,9 +40,13 @@ def render(template: str, **variables) -> str:
     try:
         return _env(str(prompts_dir())).get_template(template).render(**variables).strip()
     except jinja2.TemplateNotFound:
-        raise UserError(f"prompt template prompts/{template} does not exist; add it or fix the name") from None
+        raise UserError(
+            f"prompt template prompts/{template} does not exist; add it or fix the name"
+        ) from None
     except jinja2.UndefinedError as e:
-        raise UserError(f"prompt template prompts/{template} uses an unknown variable ({e.message})") from None
+        raise UserError(
+            f"prompt template prompts/{template} uses an unknown variable ({e.message})"
+        ) from None
 
 
 def template_hash(name: str) -> str:

@@ -64,7 +64,8 @@ def load_engine(name: str, model, **options):
             raise UserError(
                 "engine 'openai' needs base_url, e.g. teacher: {engine: openai, base_url: http://127.0.0.1:8000/v1}"
             )
-        return OpenAIEngine(base_url, options.pop("model_name", None) or model.path, **options)
+        served = options.pop("served_model_name", None) or options.pop("model_name", None)
+        return OpenAIEngine(base_url, served or model.path, **options)
     if name == "hf":
         from pipeline.engines.hf import HFEngine
 
