@@ -119,8 +119,8 @@ _PROBLEM = re.compile(r"(?:^|\n)\s*(?:new\s+)?problem\s*:\s*(.+)", re.IGNORECASE
 def parse_problem(text: str) -> str | None:
     """The new problem in a teacher's reply: the text after 'Problem:', else the first non-empty line."""
     m = _PROBLEM.search(text or "")
-    body = (m.group(1) if m else text or "").strip().strip('"').strip()
-    body = body.split("\n\n")[0].strip()
+    body = (m.group(1) if m else text or "").strip().split("\n\n")[0]
+    body = body.strip().strip('"').strip()
     return body if len(body) >= 8 else None
 
 

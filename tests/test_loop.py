@@ -1,0 +1,109 @@
+"""The performance-guided loop: mine hard validation prompts, regenerate similar ones, retrain, stop on patience."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from pipeline import store
+from pipeline.errors import UserError
+from pipeline.recipe import RunContext
+from pipeline.stages import regenerate
+from pipeline.stages.regenerate import parse_problem
+from pipeline.tasks import load_task
+from tests.conftest import run_cli
+
+
+def _hard_prompts(tmp_path, n=3):
+    rows = load_task("arithmetic", "validation", n=n)
+    table = pa.Table.from_pylist(
+        [{**r, "student_pass_rate": 0.0, "student_completion": "I think 12"} for r in rows]
+    )
+    store.save_table(table, tmp_path / "mine" / "data")
+    return rows
+
+
+def test_regenerate_task_method_makes_similar_training_problems(tmp_path):
+    hard = _hard_prompts(tmp_path)
+    cfg = regenerate.Config(per_prompt=4, seed=1)
+    manifest = regenerate.run(cfg, tmp_path / "mine", tmp_path / "regen", context=RunContext())
+    new = store.load_table(tmp_path / "regen" / "data").to_pylist()
+    assert manifest["config"]["method"] == "task" and 8 <= len(new) <= 12
+    train_prompts = {r["prompt"] for r in load_task("arithmetic", "train", n=1500)}
+    val_prompts = {r["prompt"] for r in load_task("arithmetic", "validation", n=150)}
+    hard_ops = sorted(
+        next(t for t in json.loads(r["meta"])["expression"].split() if t in "+-*") for r in hard
+    )
+    new_ops = {next(t for t in json.loads(r["meta"])["expression"].split() if t in "+-*") for r in new}
+    assert new_ops <= set(hard_ops), "new problems keep the structure of the failures"
+    for r in new:
+        meta = json.loads(r["meta"])
+        assert meta["split"] == "train" and meta["phrasing"] == "train"
+        assert str(eval(meta["expression"])) == r["reference"]  # noqa: S307 - our own digits
+        assert r["prompt"] not in val_prompts
+    assert any(r["prompt"] in train_prompts for r in new)  # same distribution as the training split
+    again = regenerate.run(cfg, tmp_path / "mine", tmp_path / "regen", context=RunContext())
+    assert again["fingerprint"] == manifest["fingerprint"]
+
+
+def test_regenerate_teacher_method_needs_a_teacher(tmp_path):
+    _hard_prompts(tmp_path)
+    with pytest.raises(UserError, match="needs a teacher"):
+        regenerate.run(
+            regenerate.Config(method="teacher"), tmp_path / "mine", tmp_path / "r", context=RunContext()
+        )
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            "Problem: Tom has 4 pears and eats 1. How many are left?",
+            "Tom has 4 pears and eats 1. How many are left?",
+        ),
+        ('Sure!\nNew problem: "What is 7 + 6?"\n\nAnswer: 13', "What is 7 + 6?"),
+        ("What is 9 * 3?", "What is 9 * 3?"),
+        ("ok", None),
+        ("", None),
+    ],
+)
+def test_parse_problem(reply, expected):
+    assert parse_problem(reply) == expected
+
+
+RECIPE = """
+run: loop
+teacher: {model: smollm2-135m-instruct, engine: hf}
+student: {model: smollm2-135m-instruct}
+source: {task: arithmetic, n: 8, seed: 0}
+stages:
+  - generate: {n: 2, temperature: 0.8, max_tokens: 40, seed: 0}
+  - verify: {verifiers: [math]}
+  - export: {formats: [sft]}
+loop: {iterations: 2, patience: 5, validation_n: 8, max_steps: 2, per_prompt: 2, max_tokens: 40}
+"""
+
+
+def test_loop_runs_rounds_and_resumes(tmp_path):
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text(RECIPE)
+    run_dir = tmp_path / "run"
+    r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run_dir / "loop" / "summary.json").read_text())
+    assert [m["iteration"] for m in summary["history"]] == [0, 1]
+    for m in summary["history"]:
+        assert 0.0 <= m["val_accuracy"] <= 1.0
+        assert json.loads((run_dir / "loop" / f"iter_{m['iteration']}" / "metrics.json").read_text()) == m
+    regen = json.loads((run_dir / "loop" / "iter_0" / "regenerate" / "manifest.json").read_text())
+    mined = json.loads((run_dir / "loop" / "iter_0" / "mine" / "manifest.json").read_text())
+    assert regen["rows_in"] == mined["rows_out"] > 0
+    assert summary["history"][1]["train_rows"] >= summary["history"][0]["train_rows"]
+    assert "iteration 1: validation accuracy" in r.stdout
+    train_manifest = run_dir / "loop" / "iter_1" / "train" / "manifest.json"
+    before = train_manifest.stat().st_mtime_ns
+    r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert train_manifest.stat().st_mtime_ns == before, "a finished round is not trained again"
