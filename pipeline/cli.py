@@ -261,6 +261,14 @@ def cmd_loop(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    from pipeline.prune import prune
+
+    info = prune(args.model, args.layers, args.output, start=args.start)
+    print(json.dumps({"output": str(args.output), **info}))
+    return 0
+
+
 def cmd_card(args) -> int:
     from pipeline.cards import write_card
 
@@ -362,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "prune", help="drop the decoder layers that matter least (angular distance) -> a student"
+    )
+    p.add_argument("model", help="model spec")
+    p.add_argument("--layers", type=int, required=True, help="how many consecutive layers to drop")
+    p.add_argument("--start", type=int, help="first layer to drop (default: least angular distance)")
+    p.add_argument("--output", type=Path, required=True, help="folder for the pruned model")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("card", help="write the Hugging Face dataset card of a run from its manifests")
     p.add_argument("run_dir", type=Path)
