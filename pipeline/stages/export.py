@@ -1,0 +1,276 @@
+"""The `export` stage: verdicts -> TRL's standard dataset formats, ready for `distill train`.
+
+Reads a verify stage folder (``data/``: verdict rows; ``rejected/``: failing rows with ``reject_reason``)
+and writes one Arrow dataset per format, each keeping ``id`` (the prompt id) and, where a row is one
+sample, ``sample_index``:
+
+    data/sft/   messages                      verified teacher answers (sequence-level KD)
+    data/dpo/   prompt, chosen, rejected      chosen: a verified answer; rejected: a failing one, same prompt
+    data/kd/    prompt, completion, topk_ids, topk_logprobs   verified answers with the teacher's top-k
+
+``prompt``, ``chosen``, ``rejected`` and ``completion`` are conversational (lists of chat messages), the form
+TRL's trainers take directly. Rows that are not exported are counted by reason in the manifest
+(``skipped``): ``not_passed``, ``undecided``, ``truncated``, ``no_topk``, ``over_max_per_prompt``.
+
+    distill export --input runs/demo/02-verify --output runs/demo/03-export --formats sft dpo kd
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline import store
+from pipeline.errors import UserError
+from pipeline.stages import input_ref, input_table, require_columns
+
+STAGE = "export"
+VERSION = "1"
+FORMATS = ("sft", "dpo", "kd")
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SCHEMAS = {
+    "sft": pa.schema([("id", pa.string()), ("sample_index", pa.int32()), ("messages", MESSAGES)]),
+    "dpo": pa.schema(
+        [("id", pa.string()), ("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES)]
+    ),
+    "kd": pa.schema(
+        [
+            ("id", pa.string()),
+            ("sample_index", pa.int32()),
+            ("prompt", MESSAGES),
+            ("completion", MESSAGES),
+            ("topk_ids", pa.list_(pa.list_(pa.int32()))),
+            ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+            ("teacher", pa.string()),
+        ]
+    ),
+}
+READS = ["id", "completion", "passed"]  # plus `messages` or `prompt`
+
+
+@dataclass
+class Config:
+    formats: list[str] = field(
+        default_factory=lambda: ["sft"], metadata={"help": "formats to write: any of sft, dpo, kd"}
+    )
+    max_per_prompt: int | None = field(
+        default=None,
+        metadata={"help": "sft/kd: keep at most this many verified answers per prompt (default: all)"},
+    )
+    max_pairs_per_prompt: int = field(
+        default=1, metadata={"help": "dpo: at most this many (chosen, rejected) pairs per prompt"}
+    )
+    include_system: bool = field(
+        default=False,
+        metadata={
+            "help": "prepend the teacher's system prompt (`system` column) to exported prompts; by default the "
+            "student learns to answer the prompts as users will ask them"
+        },
+    )
+    drop_truncated: bool = field(
+        default=True,
+        metadata={
+            "help": "skip answers cut off by max_tokens (finish_reason=length): they teach not to stop"
+        },
+    )
+
+    def validate(self, path: str) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise UserError(
+                f"{path}.formats must be a non-empty list of {', '.join(FORMATS)}, not {self.formats!r}"
+            )
+        if self.max_per_prompt is not None and self.max_per_prompt < 1:
+            raise UserError(f"{path}.max_per_prompt must be >= 1 (or null for all)")
+        if self.max_pairs_per_prompt < 1:
+            raise UserError(f"{path}.max_pairs_per_prompt must be >= 1")
+
+
+ExportConfig = Config
+
+
+def run(
+    config: Config,
+    input_dir: Path,
+    output_dir: Path,
+    *,
+    context=None,
+    num_shards: int | None = None,
+    shard_index: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Export one verify stage folder. Export is one cheap pass, so it ignores sharding."""
+    config.validate("export config")
+    t0 = time.perf_counter()
+    input_dir = Path(input_dir)
+    parts = {
+        "stage": STAGE,
+        "version": VERSION,
+        "config": asdict(config),
+        "templates": {},
+        "inputs": [input_ref(input_dir)],
+        "models": {},
+    }
+    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
+    done = st.completed_manifest()
+    if done is not None:
+        return done
+    started_at = store.now_iso()
+
+    table = input_table(input_dir)
+    require_columns(table, READS, STAGE, input_dir)
+    if "messages" not in table.column_names and "prompt" not in table.column_names:
+        raise UserError(
+            f"export: input {input_dir} has neither `messages` nor `prompt`; feed it verify output"
+        )
+    rows = table.to_pylist()
+    rejected_dir = input_dir / "rejected"
+    failing = store.load_table(rejected_dir).to_pylist() if rejected_dir.is_dir() else []
+
+    skipped: Counter = Counter()
+    verified = _verified(rows, config, skipped)
+    tables = {}
+    if "sft" in config.formats:
+        tables["sft"] = [
+            {
+                "id": r["id"],
+                "sample_index": r.get("sample_index") or 0,
+                "messages": _prompt(r, config.include_system) + _answer(r),
+            }
+            for r in verified
+        ]
+    if "kd" in config.formats:
+        kd = []
+        for r in verified:
+            if not r.get("topk_ids") or not r.get("topk_logprobs"):
+                skipped["no_topk"] += 1
+                continue
+            kd.append(
+                {
+                    "id": r["id"],
+                    "sample_index": r.get("sample_index") or 0,
+                    "prompt": _prompt(r, config.include_system),
+                    "completion": _answer(r),
+                    "topk_ids": r["topk_ids"],
+                    "topk_logprobs": r["topk_logprobs"],
+                    "teacher": r.get("teacher"),
+                }
+            )
+        if verified and not kd:
+            raise UserError(
+                "export: kd needs the teacher's top-k logprobs, and no row has them; "
+                "generate with `logprobs: 5` (or drop kd from formats)"
+            )
+        tables["kd"] = kd
+    if "dpo" in config.formats:
+        tables["dpo"] = _pairs(verified, rows + failing, config, skipped)
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data").mkdir(exist_ok=True)
+    counts = {}
+    for fmt, records in tables.items():
+        store.save_table(pa.Table.from_pylist(records, schema=SCHEMAS[fmt]), out / "data" / fmt)
+        counts[fmt] = len(records)
+    wall = time.perf_counter() - t0
+    manifest = {
+        "stage": STAGE,
+        "version": VERSION,
+        "fingerprint": st.fingerprint,
+        "fingerprint_parts": parts,
+        "inputs": parts["inputs"],
+        "config": store.redact(parts["config"]),
+        "models": {},
+        "sampling": {},
+        "rows_in": len(rows) + len(failing),
+        "rows_out": counts.get("sft", sum(counts.values())),
+        "rows_by_format": counts,
+        "formats": {fmt: f"data/{fmt}" for fmt in tables},
+        "rejected_by_reason": {},
+        "skipped": dict(skipped),
+        "tokens": {"prompt": 0, "completion": sum(r.get("completion_tokens") or 0 for r in verified)},
+        "wall_s": round(wall, 3),
+        "tokens_per_s": 0.0,
+        "started_at": started_at,
+        "finished_at": store.now_iso(),
+        "shards": 1,
+        "host": store.host_info(),
+    }
+    store.write_json_atomic(st.manifest_path, manifest)
+    return manifest
+
+
+def _prompt(row: dict, include_system: bool = False) -> list[dict]:
+    messages = row.get("messages")
+    if messages:
+        out = [{"role": m["role"], "content": m["content"]} for m in messages]
+    else:
+        out = [{"role": "user", "content": row["prompt"]}]
+    if include_system and row.get("system") and out[0]["role"] != "system":
+        out.insert(0, {"role": "system", "content": row["system"]})
+    return out
+
+
+def _answer(row: dict) -> list[dict]:
+    return [{"role": "assistant", "content": row["completion"]}]
+
+
+def _verified(rows: list[dict], config: Config, skipped: Counter) -> list[dict]:
+    """Passing, complete answers, at most `max_per_prompt` per prompt, in (id, sample_index) order."""
+    kept, per_prompt = [], Counter()
+    for r in sorted(rows, key=lambda r: (str(r["id"]), r.get("sample_index") or 0)):
+        if r.get("passed") is None:
+            skipped["undecided"] += 1
+        elif not r["passed"]:
+            skipped["not_passed"] += 1
+        elif config.drop_truncated and r.get("finish_reason") == "length":
+            skipped["truncated"] += 1
+        elif config.max_per_prompt is not None and per_prompt[r["id"]] >= config.max_per_prompt:
+            skipped["over_max_per_prompt"] += 1
+        else:
+            per_prompt[r["id"]] += 1
+            kept.append(r)
+    return kept
+
+
+def _pairs(verified: list[dict], all_rows: list[dict], config: Config, skipped: Counter) -> list[dict]:
+    """chosen: a verified answer; rejected: an answer the verifier failed (passed=False), same prompt id."""
+    wrong: dict[str, list[dict]] = defaultdict(list)
+    seen: set[tuple] = set()
+    for r in sorted(all_rows, key=lambda r: (str(r["id"]), r.get("sample_index") or 0)):
+        key = (r["id"], r.get("sample_index"), r.get("teacher"), r["completion"])
+        if r.get("passed") is False and key not in seen:  # dedup-rejected rows that passed are not "wrong"
+            seen.add(key)
+            wrong[r["id"]].append(r)
+    right: dict[str, list[dict]] = defaultdict(list)
+    for r in verified:
+        right[r["id"]].append(r)
+    pairs = []
+    for pid, good in right.items():
+        bad = [
+            b
+            for b in wrong.get(pid, [])
+            if b["completion"].strip() not in {g["completion"].strip() for g in good}
+        ]
+        if not bad:
+            skipped["dpo_no_failing_answer"] += 1
+            continue
+        for g, b in list(zip(good, bad, strict=False))[: config.max_pairs_per_prompt]:
+            pairs.append(
+                {
+                    "id": pid,
+                    "prompt": _prompt(g, config.include_system),
+                    "chosen": _answer(g),
+                    "rejected": _answer(b),
+                }
+            )
+    return pairs
+
+
+def summary(manifest: dict) -> str:
+    return ", ".join(f"{n} {fmt} rows" for fmt, n in manifest["rows_by_format"].items())

@@ -1,0 +1,278 @@
+"""Training YAML -> a TRL config plus the model, the dataset and the LoRA config.
+
+A training YAML holds the fields of the mode's TRL config class (``SFTConfig``, ``DPOConfig``,
+``GKDConfig``, or our ``KDConfig``), plus these keys of ours:
+
+- ``model``: a model spec (see ``pipeline.models``), e.g. ``smollm2-135m-instruct`` or a local folder;
+- ``dataset``: an export stage folder (``runs/x/NN-export``), its ``data/<format>`` subfolder, or any folder
+  written with ``datasets.save_to_disk``;
+- ``peft``: ``peft.LoraConfig`` fields; omit it (or set it to null) for full fine-tuning;
+- ``merge``: also save the adapter merged into a full model under ``<output_dir>/merged``.
+
+For ``gkd`` the teacher is ``teacher_model_name_or_path``, given as a model spec.
+Unknown keys and wrongly typed values are ``UserError``s that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+OUR_KEYS = ("model", "dataset", "peft", "merge")
+MODES = ("sft", "dpo", "gkd", "kd")
+# The export subfolder each mode reads, and the columns it needs (any one of the alternatives).
+EXPORT_FORMAT = {"sft": "sft", "dpo": "dpo", "gkd": "sft", "kd": "kd"}
+REQUIRED_COLUMNS = {
+    "sft": [("messages",), ("prompt", "completion")],
+    "dpo": [("prompt", "chosen", "rejected")],
+    "gkd": [("messages",)],
+    "kd": [("prompt", "completion", "topk_ids", "topk_logprobs")],
+}
+SECRET_HINTS = ("hub_token", "hf_token", "api_key", "secret", "password")
+
+
+@dataclass
+class TrainJob:
+    """Everything one ``distill train`` run needs, validated."""
+
+    mode: str
+    args: Any  # the TRL config instance (a transformers.TrainingArguments subclass)
+    model: str
+    dataset_dir: Path
+    peft: Any | None  # peft.LoraConfig or None (full fine-tuning)
+    merge: bool
+    raw: dict  # the YAML after overrides, secrets redacted: goes into the manifest
+
+
+def config_class(mode: str):
+    """The TRL config class of a training mode (imported lazily: trl is heavy)."""
+    if mode == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    if mode == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig
+    if mode == "gkd":
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKD lives in trl.experimental; we pin trl
+        from trl.experimental.gkd import GKDConfig
+
+        return GKDConfig
+    if mode == "kd":
+        from pipeline.train.kd import KDConfig
+
+        return KDConfig
+    raise UserError(f"unknown training mode '{mode}'; use one of: {', '.join(MODES)}")
+
+
+def load_job(mode: str, config_path: str | Path | None, overrides: dict | None = None) -> TrainJob:
+    """Read and validate a training YAML; ``overrides`` (e.g. from the CLI) win over the file."""
+    cls = config_class(mode)
+    raw: dict = {}
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise UserError(
+                f"training config {path} does not exist; see scripts/configs/{mode}.yaml for an example"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(
+                f"training config {path} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax"
+            ) from None
+        if not isinstance(raw, dict):
+            raise UserError(f"training config {path} must be a mapping of fields, not {type(raw).__name__}")
+    raw = {**raw, **(overrides or {})}
+
+    model = raw.pop("model", None)
+    dataset = raw.pop("dataset", None)
+    peft_fields = raw.pop("peft", None)
+    merge = raw.pop("merge", False)
+    if not isinstance(model, str) or not model:
+        raise UserError("training config needs `model: <spec>`, e.g. `model: smollm2-135m-instruct`")
+    if not isinstance(dataset, str) or not dataset:
+        raise UserError(
+            "training config needs `dataset: <export folder>`, e.g. `dataset: runs/quickstart/03-export`"
+        )
+    if not isinstance(merge, bool):
+        raise UserError(f"`merge` must be true or false, got {merge!r}")
+
+    args_fields = _check_fields(cls, raw, where=cls.__name__)
+    args_fields = {**cpu_safe_defaults(mode), **args_fields}
+    if (
+        args_fields.get("packing") or args_fields.get("padding_free")
+    ) and "include_num_input_tokens_seen" not in raw:
+        # Flattened batches have no attention mask and no padding; "non_padding" would then drop every
+        # token equal to the pad id (often the end-of-turn token), so count them all.
+        args_fields["include_num_input_tokens_seen"] = "all"
+    if mode == "gkd" and args_fields.get("teacher_model_name_or_path"):
+        from pipeline.models import resolve
+
+        args_fields["teacher_model_name_or_path"] = resolve(args_fields["teacher_model_name_or_path"]).path
+    try:
+        args = cls(**args_fields)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"invalid {cls.__name__} settings: {str(e).splitlines()[0]}") from None
+
+    peft_config = None
+    if peft_fields is not None:
+        from peft import LoraConfig
+
+        if not isinstance(peft_fields, dict):
+            raise UserError(
+                "`peft` must be a mapping of LoraConfig fields, e.g. `peft: {r: 8, target_modules: all-linear}`"
+            )
+        peft_fields = _check_fields(LoraConfig, peft_fields, where="peft (LoraConfig)")
+        peft_fields.setdefault("task_type", "CAUSAL_LM")
+        try:
+            peft_config = LoraConfig(**peft_fields)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"invalid peft settings: {str(e).splitlines()[0]}") from None
+
+    dataset_dir = resolve_dataset(dataset, mode)
+    shown = {"model": model, "dataset": dataset, "peft": peft_fields, "merge": merge, **raw}
+    return TrainJob(mode, args, model, dataset_dir, peft_config, merge, redact(shown))
+
+
+def cpu_safe_defaults(mode: str) -> dict:
+    """Defaults that differ from TRL's: float32 on CPU (no native bf16 here), bf16 on a GPU; no trackers."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    defaults = {
+        "report_to": [],
+        "dataloader_num_workers": 0,
+        "output_dir": f"runs/train-{mode}",
+        "include_num_input_tokens_seen": "non_padding",
+    }
+    if not cuda:
+        defaults.update(use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False)
+    else:
+        defaults.update(bf16=True)
+    return defaults
+
+
+def _check_fields(cls, values: dict, where: str) -> dict:
+    """Reject unknown keys (suggesting the closest) and plainly wrong scalar types."""
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - forward refs we cannot resolve: skip type checks
+        hints = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known) + list(OUR_KEYS), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; see the fields of {where}"
+            raise UserError(f"unknown key `{key}` in {where}{hint}")
+        allowed = _scalar_types(hints.get(key))
+        if allowed and value is not None and not _matches(value, allowed):
+            names = "/".join(t.__name__ for t in allowed)
+            raise UserError(f"`{key}` in {where} must be {names}, got {value!r}")
+    return dict(values)
+
+
+def _scalar_types(hint) -> tuple[type, ...]:
+    """The scalar types a field accepts, or () when the hint is not a plain scalar (then we do not check)."""
+    if hint is None:
+        return ()
+    args = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    args = tuple(a for a in args if a is not type(None))
+    if all(a in (bool, int, float, str) for a in args):
+        return args
+    return ()
+
+
+def _matches(value, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int):
+        return int in allowed or float in allowed
+    return isinstance(value, allowed)
+
+
+def resolve_dataset(dataset: str, mode: str) -> Path:
+    """Find the Arrow dataset for ``mode`` under an export folder, and check its columns."""
+    fmt = EXPORT_FORMAT[mode]
+    root = Path(dataset)
+    if not root.exists():
+        raise UserError(
+            f"dataset folder {root} does not exist; run the export stage first (distill export ...)"
+        )
+    for candidate in (root / "data" / fmt, root / fmt, root):
+        if (candidate / "dataset_info.json").is_file() or (candidate / "state.json").is_file():
+            break
+    else:
+        raise UserError(
+            f"no `{fmt}` dataset under {root}; point `dataset` at an export stage folder with data/{fmt}/ "
+            f"(export with formats: [{fmt}])"
+        )
+    columns = _columns(candidate)
+    if not any(all(c in columns for c in alt) for alt in REQUIRED_COLUMNS[mode]):
+        want = " or ".join("+".join(alt) for alt in REQUIRED_COLUMNS[mode])
+        raise UserError(
+            f"dataset {candidate} has columns {sorted(columns)} but `{mode}` needs {want}; "
+            f"use the export stage's {fmt}/ folder"
+        )
+    return candidate
+
+
+def _columns(folder: Path) -> set[str]:
+    info = folder / "dataset_info.json"
+    try:
+        return set(json.loads(info.read_text()).get("features", {}))
+    except (OSError, ValueError):
+        from datasets import load_from_disk
+
+        return set(load_from_disk(str(folder)).column_names)
+
+
+def dataset_fingerprint(folder: Path) -> str:
+    """The export stage's manifest fingerprint when there is one, else a sha256 of the Arrow files."""
+    for parent in (folder, *list(folder.parents)[:3]):
+        manifest = parent / "manifest.json"
+        if manifest.is_file():
+            try:
+                fp = json.loads(manifest.read_text()).get("fingerprint")
+            except ValueError:
+                fp = None
+            if fp:
+                return f"{fp}:{folder.relative_to(parent)}" if folder != parent else fp
+    h = hashlib.sha256()
+    for p in sorted(folder.glob("*.arrow")):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def redact(value):
+    """Replace values of secret-looking keys (hub tokens, API keys) with '***'."""
+    if isinstance(value, dict):
+        return {
+            k: "***"
+            if any(s in str(k).lower() for s in SECRET_HINTS) and isinstance(v, str) and v
+            else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

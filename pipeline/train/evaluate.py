@@ -1,0 +1,195 @@
+"""Evaluate a model (plus an optional LoRA adapter) on a task split with the task's verifiers.
+
+Generation is batched through an engine: ``hf`` (transformers ``generate``; a LoRA adapter is applied with
+PEFT) or ``vllm`` (an adapter is first merged into a full model in a temporary folder, which vLLM then
+loads). Accuracy is pass@1 (the mean fraction of correct samples per problem) and, when ``n > 1``, the
+unbiased pass@k estimate of Chen et al. (2021) for k = n.
+
+    distill eval smollm2-135m-instruct --task arithmetic --split test --limit 64
+    distill eval smollm2-135m-instruct --adapter runs/quickstart/train-sft/adapter --task arithmetic
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.engines import GenRequest
+from pipeline.errors import UserError
+
+VERIFIER_OF_TASK = {"arithmetic": "math", "humaneval": "code"}
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n - c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def last_number_check(rows: list[dict]) -> list[bool | None]:
+    """Fallback verifier: the last number in the completion equals the reference (None: no number)."""
+    out = []
+    for r in rows:
+        numbers = _NUMBER.findall(r["completion"] or "")
+        if not numbers:
+            out.append(None)
+            continue
+        try:
+            out.append(float(numbers[-1].replace(",", "")) == float(str(r["reference"]).replace(",", "")))
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def check(task: str, rows: list[dict]) -> list[bool | None]:
+    """passed per row, with the task's verifier (the last-number check when no verifier is available)."""
+    try:
+        from pipeline.verifiers import build_verifier
+    except ImportError:
+        build_verifier = None
+    name = VERIFIER_OF_TASK.get(task, "math")
+    if build_verifier is not None:
+        try:
+            verifier = build_verifier(name)
+        except (UserError, KeyError, ValueError, ImportError):
+            verifier = None
+        if verifier is not None:
+            return [v.passed for v in verifier.check(rows)]
+    if task == "humaneval":
+        raise UserError("evaluating humaneval needs the code verifier (pipeline/verifiers/code.py)")
+    return last_number_check(rows)
+
+
+def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
+    """The engine to generate with, and a cleanup callback (vllm + adapter writes a merged copy)."""
+    from pipeline.models import resolve
+
+    resolved = resolve(model)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(
+            f"adapter folder {adapter} has no adapter_config.json; pass the `adapter/` folder of a run"
+        )
+    if engine == "hf":
+        from pipeline.engines.hf import HFEngine
+
+        return HFEngine(
+            resolved, adapter=adapter, batch_size=batch_size, max_model_len=max_model_len
+        ), lambda: None
+    if engine != "vllm":
+        raise UserError(f"unknown engine '{engine}'; use hf or vllm")
+    from pipeline.engines.vllm import VLLMEngine
+
+    merged_dir = None
+    if adapter is not None:
+        merged_dir = Path(tempfile.mkdtemp(prefix="distill-merged-"))
+        from pipeline.train import merge_adapter
+
+        merge_adapter(resolved.path, Path(adapter), merged_dir)
+        resolved = resolve(str(merged_dir))
+    eng = VLLMEngine(resolved, max_model_len=max_model_len)
+
+    def cleanup() -> None:
+        eng.close()
+        if merged_dir is not None:
+            shutil.rmtree(merged_dir, ignore_errors=True)
+
+    return eng, cleanup
+
+
+def evaluate(
+    model: str,
+    adapter: str | None = None,
+    task: str = "arithmetic",
+    split: str = "test",
+    n: int = 1,
+    engine: str = "hf",
+    limit: int | None = 100,
+    seed: int = 0,
+    *,
+    temperature: float | None = None,
+    max_tokens: int = 256,
+    batch_size: int = 16,
+    max_model_len: int | None = None,
+    rows: list[dict] | None = None,
+    engine_obj=None,
+) -> dict:
+    """Generate ``n`` answers per problem, verify them, and report pass@1 (and pass@n when n > 1).
+
+    ``rows`` replaces the task's split (prompt rows with ``id``, ``messages``, ``reference``); ``engine_obj``
+    reuses an already-built engine (then ``model``/``adapter``/``engine`` are only recorded).
+    Greedy when n == 1, else sampled at ``temperature`` (default 0.7).
+    """
+    if n < 1:
+        raise UserError(f"--samples must be >= 1, got {n}")
+    if rows is None:
+        from pipeline.tasks import load_task
+
+        rows = load_task(task, split=split, n=limit, seed=seed)
+    elif limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise UserError(f"no {task} problems in split '{split}'; check --task, --split and --limit")
+    temp = temperature if temperature is not None else (0.0 if n == 1 else 0.7)
+    if n > 1 and temp == 0:
+        raise UserError("pass@k with --samples > 1 needs sampling; set a temperature > 0")
+
+    cleanup = lambda: None  # noqa: E731
+    if engine_obj is None:
+        engine_obj, cleanup = make_engine(model, adapter, engine, batch_size, max_model_len)
+    t0 = time.perf_counter()
+    try:
+        requests = [
+            GenRequest(
+                id=r["id"], messages=r["messages"], n=n, temperature=temp, max_tokens=max_tokens, seed=seed
+            )
+            for r in rows
+        ]
+        results = engine_obj.generate(requests)
+    finally:
+        cleanup()
+    gen_s = time.perf_counter() - t0
+
+    samples = []  # one verifier row per sample
+    for row, res in zip(rows, results, strict=True):
+        for j, s in enumerate(res.samples):
+            samples.append({**row, "sample_index": j, "completion": s.text, "finish_reason": s.finish_reason})
+    passed = check(task, samples) if samples else []
+    per_problem: dict[str, list[bool | None]] = {r["id"]: [] for r in rows}
+    for s, p in zip(samples, passed, strict=True):
+        per_problem[s["id"]].append(p)
+
+    correct = [sum(1 for p in per_problem[r["id"]] if p) for r in rows]
+    result = {
+        "model": model,
+        "adapter": adapter,
+        "task": task,
+        "split": split,
+        "engine": getattr(engine_obj, "name", engine),
+        "problems": len(rows),
+        "samples_per_problem": n,
+        "temperature": temp,
+        "pass@1": round(sum(c / n for c in correct) / len(rows), 4),
+        "undecided": sum(1 for p in passed if p is None),
+        "errors": sum(1 for res in results if res.error),
+        "completion_tokens": sum(s.completion_tokens for res in results for s in res.samples),
+        "gen_s": round(gen_s, 3),
+    }
+    if n > 1:
+        result[f"pass@{n}"] = round(sum(pass_at_k(n, c, n) for c in correct) / len(rows), 4)
+    result["rows"] = [
+        {
+            "id": s["id"],
+            "sample_index": s["sample_index"],
+            "reference": s.get("reference"),
+            "completion": s["completion"],
+            "passed": p,
+        }
+        for s, p in zip(samples, passed, strict=True)
+    ]
+    return result
