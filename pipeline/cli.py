@@ -324,6 +324,9 @@ def cmd_eval(args) -> int:
         engine=args.engine,
         limit=args.limit,
         seed=args.seed,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
     )
     print(json.dumps(result if args.json else {k: v for k, v in result.items() if k != "rows"}))
     return 0
@@ -412,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k when > 1)")
     p.add_argument("--engine", default="hf", choices=["vllm", "hf"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=128, help="most new tokens per answer")
+    p.add_argument(
+        "--temperature", type=float, help="sampling temperature (default: greedy for 1 sample, else 0.7)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="hf engine: prompts per batch")
     p.add_argument("--json", action="store_true", help="include per-row results")
     p.set_defaults(func=cmd_eval)
     return parser

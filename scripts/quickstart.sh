@@ -16,25 +16,26 @@ $D run scripts/recipes/quickstart.yaml
 $D status $RUN
 
 echo "== 2/5 the student before training (greedy, held-out phrasing)"
-[ -f $RUN/eval-before.json ] || $D eval smollm2-135m-instruct --task arithmetic --split test --limit 100 --engine vllm > $RUN/eval-before.json
+[ -f $RUN/eval_before.json ] || $D eval smollm2-135m-instruct --task arithmetic --split test --limit 100 --max-tokens 96 --engine vllm > $RUN/eval_before.json
 
 echo "== 3/5 LoRA SFT of the student on the verified teacher samples"
 [ -f $RUN/train-sft/training_manifest.json ] || $D train sft scripts/configs/sft.yaml
 
 echo "== 4/5 the student after training"
-[ -f $RUN/eval-after.json ] || $D eval smollm2-135m-instruct --adapter $RUN/train-sft --task arithmetic --split test --limit 100 --engine vllm > $RUN/eval-after.json
+[ -f $RUN/eval_after.json ] || $D eval smollm2-135m-instruct --adapter $RUN/train-sft --task arithmetic --split test --limit 100 --max-tokens 96 --engine vllm > $RUN/eval_after.json
 
 echo "== 5/5 data card and report"
-$D card $RUN
-$D report $RUN
+$D card $RUN >/dev/null
+$D report $RUN >/dev/null
 
 .venv/bin/python - "$RUN" <<'PY'
 import json, sys
 run = sys.argv[1]
-before = json.load(open(f"{run}/eval-before.json"))
-after = json.load(open(f"{run}/eval-after.json"))
-print(f"accuracy on held-out arithmetic (test split, n={before['n']}):")
-print(f"  before: {before['accuracy']:.1%}   after LoRA SFT on verified samples: {after['accuracy']:.1%}")
+before = json.load(open(f"{run}/eval_before.json"))
+after = json.load(open(f"{run}/eval_after.json"))
+print(f"accuracy on held-out arithmetic (test split, {before['problems']} problems, greedy):")
+print(f"  student before: {before['pass@1']:.1%}")
+print(f"  student after LoRA SFT on its verified samples: {after['pass@1']:.1%}")
 print(f"card:   {run}/card/README.md")
 print(f"report: {run}/report.html")
 PY
