@@ -221,6 +221,7 @@ def card_context(
     per_task = []
     if verify_folder is not None:
         for task, c in pass_counts(verify_folder[0]).items():
+            c = {"passed": 0, "failed": 0, "undecided": 0, **c}
             d = c["passed"] + c["failed"]
             per_task.append({"task": task, **c, "rate": c["passed"] / d if d else None})
     vconfig = (verify or {}).get("config") or {}
