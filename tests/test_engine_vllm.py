@@ -1,0 +1,82 @@
+"""The vllm engine on the real embedded model (one engine per session: the `vllm_engine` fixture).
+
+.venv/bin/pytest tests/test_engine_vllm.py -q
+"""
+
+from __future__ import annotations
+
+import math
+
+from pipeline.engines import GenRequest
+
+Q = [{"role": "user", "content": "What is 3 + 5?"}]
+
+
+def _req(id_: str, **kw) -> GenRequest:
+    kw.setdefault("messages", Q)
+    kw.setdefault("max_tokens", 16)
+    return GenRequest(id=id_, **kw)
+
+
+def test_greedy_matches_raw_llm_chat(vllm_engine):
+    from vllm import SamplingParams
+
+    [ours] = vllm_engine.generate([_req("a")])
+    [raw] = vllm_engine.llm.chat([Q], SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
+    assert ours.error is None
+    assert ours.prompt_tokens == len(raw.prompt_token_ids)
+    assert ours.samples[0].text == raw.outputs[0].text
+    assert ours.samples[0].completion_tokens == len(raw.outputs[0].token_ids)
+    assert ours.samples[0].finish_reason in ("stop", "length")
+
+
+def test_seeded_samples_repeat_and_differ_by_seed(vllm_engine):
+    reqs = [_req(str(i), n=3, temperature=1.0, seed=i) for i in range(4)]
+    first = vllm_engine.generate(reqs)
+    again = vllm_engine.generate(reqs)
+    texts = [[s.text for s in r.samples] for r in first]
+    assert texts == [[s.text for s in r.samples] for r in again]
+    assert all(len(t) == 3 for t in texts)
+    # At temperature 1 the samples of one prompt are not all the same, nor are two seeds' samples.
+    assert len({t for ts in texts for t in ts}) > 3
+
+
+def test_topk_logprobs_shape_and_order(vllm_engine):
+    [res] = vllm_engine.generate([_req("lp", n=2, temperature=0.8, seed=3, logprobs=5)])
+    for s in res.samples:
+        assert len(s.topk_ids) == len(s.topk_logprobs) == s.completion_tokens > 0
+        for ids, lps in zip(s.topk_ids, s.topk_logprobs, strict=True):
+            assert len(ids) == len(set(ids)) == 5
+            assert lps == sorted(lps, reverse=True)
+            assert all(lp <= 0 and math.isfinite(lp) for lp in lps)
+            assert math.fsum(math.exp(lp) for lp in lps) <= 1.0 + 1e-4
+
+
+def test_unservable_prompts_become_errors_not_crashes(vllm_engine):
+    long = [{"role": "user", "content": "count " * 3000}]
+    results = vllm_engine.generate(
+        [_req("ok"), _req("long", messages=long), _req("k", logprobs=99), _req("ok2", max_tokens=4)]
+    )
+    assert [r.id for r in results] == ["ok", "long", "k", "ok2"]
+    assert results[0].error is None and results[0].samples
+    assert results[1].error.startswith("prompt_too_long") and not results[1].samples
+    assert results[2].error.startswith("logprobs_too_many")
+    assert results[3].samples[0].completion_tokens <= 4
+
+
+def test_max_tokens_shrinks_to_fit_the_context(vllm_engine):
+    # ~1000 prompt tokens + 256 new tokens exceed max_model_len=1024: generation is cut at the context end.
+    near = [{"role": "user", "content": "go " * 985}]
+    [res] = vllm_engine.generate([_req("near", messages=near, max_tokens=256)])
+    assert res.error is None
+    assert res.prompt_tokens + res.samples[0].completion_tokens <= vllm_engine.max_model_len
+
+
+def test_stop_strings_and_progress_callback(vllm_engine):
+    seen = []
+    reqs = [_req(str(i), stop=["5"], max_tokens=32) for i in range(3)]
+    results = vllm_engine.generate(reqs, progress=lambda rows, tokens: seen.append((rows, tokens)))
+    assert sum(r for r, _ in seen) == 3
+    assert sum(t for _, t in seen) == sum(s.completion_tokens for r in results for s in r.samples)
+    for r in results:
+        assert "5" not in r.samples[0].text
