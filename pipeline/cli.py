@@ -328,7 +328,11 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         temperature=args.temperature,
     )
-    print(json.dumps(result if args.json else {k: v for k, v in result.items() if k != "rows"}))
+    shown = result if args.json else {k: v for k, v in result.items() if k != "rows"}
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    print(json.dumps(shown))
     return 0
 
 
@@ -421,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=16, help="hf engine: prompts per batch")
     p.add_argument("--json", action="store_true", help="include per-row results")
+    p.add_argument("--output", help="also write the result, with per-row results, to this JSON file")
     p.set_defaults(func=cmd_eval)
     return parser
 

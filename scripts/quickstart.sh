@@ -16,13 +16,13 @@ $D run scripts/recipes/quickstart.yaml
 $D status $RUN
 
 echo "== 2/5 the student before training (greedy, held-out phrasing)"
-[ -f $RUN/eval_before.json ] || $D eval smollm2-135m-instruct --task arithmetic --split test --limit 100 --max-tokens 96 --engine vllm > $RUN/eval_before.json
+[ -s $RUN/eval_before.json ] || $D eval smollm2-135m-instruct --task arithmetic --split test --limit 100 --max-tokens 96 --engine vllm --output $RUN/eval_before.json
 
 echo "== 3/5 LoRA SFT of the student on the verified teacher samples"
-[ -f $RUN/train-sft/training_manifest.json ] || $D train sft scripts/configs/sft.yaml
+[ -f $RUN/train-sft/manifest.json ] || $D train sft scripts/configs/sft.yaml
 
 echo "== 4/5 the student after training"
-[ -f $RUN/eval_after.json ] || $D eval smollm2-135m-instruct --adapter $RUN/train-sft --task arithmetic --split test --limit 100 --max-tokens 96 --engine vllm > $RUN/eval_after.json
+[ -s $RUN/eval_after.json ] || $D eval smollm2-135m-instruct --adapter $RUN/train-sft/adapter --task arithmetic --split test --limit 100 --max-tokens 96 --engine vllm --output $RUN/eval_after.json
 
 echo "== 5/5 data card and report"
 $D card $RUN >/dev/null

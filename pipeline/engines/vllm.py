@@ -97,6 +97,8 @@ class VLLMEngine:
             )
         kwargs.update(extra)
 
+        # vLLM logs every engine argument at INFO on stdout; keep stdout for results unless asked otherwise.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         self.model = model
