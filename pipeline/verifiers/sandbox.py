@@ -159,12 +159,17 @@ def _kill_uid(uid: int, deadline_s: float = 2.0) -> int:
         time.sleep(0.01)
 
 
+def _base_python() -> str:
+    """The base interpreter, not the virtualenv's: programs get the standard library only. This keeps the
+    venv's packages away from untrusted code, and works wherever the checkout lives (even under /tmp,
+    which the sandbox replaces with the program's private directory)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
 def _exposed_paths() -> list[str]:
-    """Folders the program needs (the interpreter and its packages), made visible inside the sandbox."""
-    paths = {
-        os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
-    }
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    """Folders the program needs (the base interpreter and its standard library), visible in the sandbox."""
+    paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
+    paths.add(os.path.dirname(_base_python()))
     return sorted(paths)
 
 
@@ -174,7 +179,7 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, workers: int | None = None, python: str | None = None):
         self.limits = limits or Limits()
         self.workers = max(1, min(workers or os.cpu_count() or 1, _MAX_SLOTS))
-        self.python = python or sys.executable
+        self.python = python or _base_python()
 
     def run_many(self, sources: list[str], tests: list[str | None] | None = None) -> list[RunResult]:
         """Run programs in parallel, one worker per core; ``tests[i]`` (optional) runs after ``sources[i]``."""
