@@ -118,7 +118,7 @@ def loop_metrics(run_dir: Path) -> list[dict]:
 def eval_results(run_dir: Path) -> list[tuple[str, float]]:
     """(label, accuracy) from runs/<run>/eval*.json (e.g. eval_before.json, eval_after.json)."""
     out = []
-    for path in sorted(run_dir.glob("eval*.json"), key=lambda p: p.stat().st_mtime):  # in the order they ran
+    for path in sorted(run_dir.glob("eval*.json")):
         try:
             m = json.loads(path.read_text())
         except ValueError:
