@@ -27,12 +27,12 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.errors import UserError
 from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages.prompts import MESSAGES
 
 STAGE = "export"
 VERSION = "1"
 FORMATS = ("sft", "dpo", "kd")
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMAS = {
     "sft": pa.schema([("id", pa.string()), ("sample_index", pa.int32()), ("messages", MESSAGES)]),
     "dpo": pa.schema(

@@ -33,11 +33,12 @@ from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import ModelConfig, RunContext
 from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages.prompts import MESSAGES
+from pipeline.stages.prompts import SCHEMA as PROMPT_SCHEMA
 
 STAGE = "generate"
 VERSION = "1"  # bump when the code changes what this stage writes
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 PROMPT_COLUMNS = ["id", "task", "messages", "prompt", "reference", "meta"]
 GEN_FIELDS = [
     ("sample_index", pa.int32()),
@@ -363,14 +364,7 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar)
 
 
 def _prompt_schema() -> list:
-    return [
-        ("id", pa.string()),
-        ("task", pa.string()),
-        ("messages", MESSAGES),
-        ("prompt", pa.string()),
-        ("reference", pa.string()),
-        ("meta", pa.string()),
-    ]
+    return [(f.name, f.type) for f in PROMPT_SCHEMA]
 
 
 class _Progress:
