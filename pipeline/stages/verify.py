@@ -36,7 +36,8 @@ from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
 from pipeline.stages import input_ref, input_table, require_columns
-from pipeline.stages.dedup import NgramIndex, decontaminate, exact_dedup, minhash_dedup
+from pipeline.filters.decontaminate import NgramIndex, decontaminate
+from pipeline.filters.dedup import exact_dedup, minhash_dedup
 from pipeline.verifiers import Verdict, build_verifier
 
 STAGE = "verify"

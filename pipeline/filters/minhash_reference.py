@@ -1,53 +1,23 @@
-"""Dedup and decontamination as pure functions over lists of strings: keep masks plus reasons.
+"""The previous MinHash near-dedup (numpy signatures + datasketch LSH), kept as the reference.
 
-- ``exact_dedup``: the first row of each normalized text (NFKC, case-folded, whitespace collapsed) is kept;
-  later copies get ``exact_duplicate``.
-- ``minhash_dedup``: near-duplicates by MinHash over shingles of 3 tokens (words and punctuation marks), with ``datasketch.MinHashLSH``
-  for candidates and the signature's Jaccard estimate to confirm them (``near_duplicate``). With
-  ``groups``, rows are only compared inside their group (e.g. the samples of one prompt).
-- ``NgramIndex`` / ``decontaminate``: rows sharing a word n-gram (13 by default) with an evaluation set
-  get ``contaminated``. Evaluation texts shorter than n words count whole, from ``min_words`` words up.
+``pipeline.filters.dedup.minhash_dedup`` (rensa) replaced it; this copy stays so that
+``scripts/bench_verify.py`` can time both in one run and ``tests/test_dedup.py`` can compare their
+kept-sets. Nothing in the pipeline calls it.
 
-The verify stage (``pipeline/stages/verify.py``) calls these; they know nothing about stages or files.
-
-    from pipeline.stages.dedup import minhash_dedup
-    keep, reasons = minhash_dedup(texts, threshold=0.85)
+    from pipeline.filters.minhash_reference import reference_minhash_dedup
+    keep, reasons = reference_minhash_dedup(texts, threshold=0.85)
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-_WORD = re.compile(r"\w+")
-# Shingle tokens: words and single punctuation marks, on UTF-8 bytes (non-ASCII bytes count as letters),
-# so "today." and "today!" share the word, and crc32 gives hashes that are the same in every process.
-_TOKEN = re.compile(rb"[\w\x80-\xff]+|[^\w\s\x80-\xff]")
+from pipeline.filters.dedup import _TOKEN, normalize_text
+
 _MASK32 = np.uint64(0xFFFFFFFF)
-
-
-def normalize_text(text: str | None) -> str:
-    """NFKC, case-folded, whitespace collapsed: what "the same text" means for exact dedup."""
-    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
-
-
-def exact_dedup(
-    texts: Sequence[str | None], groups: Sequence | None = None
-) -> tuple[list[bool], list[str | None]]:
-    """Keep the first of each normalized text (within its group, if groups are given)."""
-    seen: set = set()
-    keep, reasons = [], []
-    for i, text in enumerate(texts):
-        key = (groups[i] if groups is not None else None, normalize_text(text))
-        first = key not in seen
-        seen.add(key)
-        keep.append(first)
-        reasons.append(None if first else "exact_duplicate")
-    return keep, reasons
 
 
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +27,7 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def minhash_signatures(
+def reference_signatures(
     texts: Sequence[str | None], num_perm: int = 128, shingle: int = 3, seed: int = 1, chunk: int = 256
 ) -> np.ndarray:
     """(rows, num_perm) uint32 MinHash signatures over word ``shingle``-grams of the normalized texts.
@@ -91,7 +61,7 @@ def minhash_signatures(
     return out
 
 
-def minhash_dedup(
+def reference_minhash_dedup(
     texts: Sequence[str | None],
     threshold: float = 0.85,
     num_perm: int = 128,
@@ -104,7 +74,7 @@ def minhash_dedup(
     Dropped rows still count as "earlier rows", so a chain of near-copies keeps only its first row."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"minhash threshold must be in (0, 1], not {threshold}")
-    sig = minhash_signatures(texts, num_perm=num_perm, shingle=shingle, seed=seed)
+    sig = reference_signatures(texts, num_perm=num_perm, shingle=shingle, seed=seed)
     keep = [True] * len(texts)
     if groups is not None:  # small groups: compare signatures directly, no index needed
         members: dict = {}
@@ -130,40 +100,3 @@ def minhash_dedup(
             # Dropped rows stay in the index: a copy of a copy is a duplicate too (each cluster keeps one row).
             lsh.insert(i, m, check_duplication=False)
     return keep, [None if k else "near_duplicate" for k in keep]
-
-
-class NgramIndex:
-    """Word n-grams of evaluation texts, for decontamination."""
-
-    def __init__(self, texts: Iterable[str | None], n: int = 13, min_words: int = 8):
-        self.n = n
-        self.grams: dict[int, set[int]] = {}  # n-gram length -> hashes
-        self.texts = 0
-        for text in texts:
-            words = _WORD.findall(normalize_text(text))
-            if len(words) >= n:
-                self.grams.setdefault(n, set()).update(_gram_hashes(words, n))
-            elif len(words) >= min_words:  # a short evaluation item counts whole
-                self.grams.setdefault(len(words), set()).add(hash(" ".join(words)))
-            self.texts += 1
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.grams.values())
-
-    def hits(self, text: str | None) -> bool:
-        words = _WORD.findall(normalize_text(text))
-        return any(
-            not grams.isdisjoint(_gram_hashes(words, size))
-            for size, grams in self.grams.items()
-            if len(words) >= size
-        )
-
-
-def _gram_hashes(words: list[str], n: int) -> set[int]:
-    return {hash(" ".join(words[i : i + n])) for i in range(len(words) - n + 1)}
-
-
-def decontaminate(texts: Sequence[str | None], index: NgramIndex) -> tuple[list[bool], list[str | None]]:
-    """Keep rows that share no n-gram with the evaluation sets in ``index``."""
-    keep = [not index.hits(t) for t in texts]
-    return keep, [None if k else "contaminated" for k in keep]
