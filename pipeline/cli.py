@@ -315,8 +315,18 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from pipeline.train.evaluate import evaluate
 
+    model = args.model
+    if args.recipe:
+        from pipeline.recipe import load_recipe
+        from pipeline.student import student_model
+
+        if model:
+            raise UserError("eval: give a model spec or --recipe, not both")
+        model = student_model(load_recipe(args.recipe), args.run_dir)
+    if not model:
+        raise UserError("eval: name the model to evaluate (e.g. smollm2-135m-instruct) or pass --recipe")
     result = evaluate(
-        args.model,
+        model,
         adapter=args.adapter,
         task=args.task,
         split=args.split,
@@ -411,7 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="accuracy of a model (plus an optional LoRA adapter) on a task split")
-    p.add_argument("model", help="model spec")
+    p.add_argument("model", nargs="?", help="model spec (or give --recipe)")
+    p.add_argument(
+        "--recipe", help="evaluate this recipe's student (its pruned copy when prune_layers is set)"
+    )
+    p.add_argument("--run-dir", help="with --recipe: the run folder (default: runs/<recipe run name>)")
     p.add_argument("--adapter", help="LoRA adapter folder")
     p.add_argument("--task", default="arithmetic")
     p.add_argument("--split", default="test")

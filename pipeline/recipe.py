@@ -5,7 +5,7 @@ the student:
 
     run: demo
     teacher: {model: smollm2-135m-instruct, engine: vllm}
-    student: {model: smollm2-135m-instruct, prune_layers: 6}
+    student: {model: smollm2-135m-instruct, prune_layers: 6}   # pruned once: pipeline/student.py
     source: {task: arithmetic, n: 200, seed: 0}
     stages:
       - generate: {n: 4, temperature: 0.8, max_tokens: 256, seed: 0}
@@ -18,6 +18,7 @@ options are declared once, next to the code that uses them, with their help text
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,12 @@ class StudentConfig:
         default=None, metadata={"help": "first layer to drop (default: chosen by angular distance)"}
     )
 
+    def validate(self, path: str) -> None:
+        if self.prune_layers < 0:
+            raise UserError(f"{path}.prune_layers must be 0 (no pruning) or more, not {self.prune_layers}")
+        if self.prune_start is not None and not self.prune_layers:
+            raise UserError(f"{path}.prune_start needs prune_layers (how many layers to drop from there)")
+
 
 @dataclass
 class LoopConfig:
@@ -149,6 +156,9 @@ class RunContext:
     critic: ModelConfig | None = None
     source: SourceConfig | None = None
     run_dir: Path | None = None
+    original_student: str | None = field(
+        default=None, metadata={"help": "the unpruned student model when `student` is a pruned copy of it"}
+    )
 
 
 @dataclass
@@ -169,7 +179,18 @@ class Recipe:
     path: Path | None = None
 
     def context(self, run_dir: Path) -> RunContext:
-        return RunContext(self.teachers, self.student, self.critic, self.source, run_dir)
+        """What stages see. A pruned student (`prune_layers`) is pruned here, once (cached in
+        <run_dir>/student-pruned), and stands in for the student model; `original_student` keeps the
+        unpruned one (self-distill rewrites with it)."""
+        student, original = self.student, None
+        if student is not None and student.prune_layers:
+            from pipeline.student import student_model
+
+            original = student.model
+            student = dataclasses.replace(
+                student, model=student_model(self, run_dir), prune_layers=0, prune_start=None
+            )
+        return RunContext(self.teachers, student, self.critic, self.source, run_dir, original)
 
 
 def stage_module(name: str):

@@ -31,7 +31,9 @@ def run_recipe(
     recipe = load_recipe(path)
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.run
     run_dir.mkdir(parents=True, exist_ok=True)
-    context = recipe.context(run_dir)
+    context = recipe.context(run_dir)  # prunes the student here, once, when the recipe asks for it
+    if context.original_student:
+        log(f"[distill] student: {context.student.model} (pruned from {context.original_student})")
     previous: Path | None = None
     manifests = {}
     for name, folder, config in stage_dirs(recipe, run_dir):

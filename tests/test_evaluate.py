@@ -53,6 +53,24 @@ def test_last_number_fallback():
     assert last_number_check(rows) == [True, False, None, True]
 
 
+def test_check_uses_the_verifier_each_task_names():
+    from pipeline.tasks import load_task
+    from pipeline.train.evaluate import check
+
+    capitals = load_task("capitals", "test", n=2)
+    answers = [f"The capital is {capitals[0]['reference']}.", "I think it is Atlantis."]
+    rows = [{**r, "completion": a} for r, a in zip(capitals, answers, strict=True)]
+    assert check("capitals", rows) == [True, None], "label verifier: the right capital, then no capital named"
+    user = [
+        {"completion": "Label: Positive", "reference": "positive", "meta": '{"verifier": "label"}'},
+        {"completion": "Answer: 12", "reference": "12", "meta": "{}"},
+    ]
+    assert check("custom", user[:1]) == [True], "user data: the source's verifier, carried in meta"
+    assert check("custom", user[1:], verifier="math") == [True]
+    with pytest.raises(UserError, match="names no verifier"):
+        check("custom", user[1:])  # no silent fallback to the math verifier
+
+
 def test_pass_at_1_and_pass_at_k_bookkeeping():
     engine = ScriptedEngine(
         {"p1": ["8", "9", "The answer is 8.", "7"], "p2": ["5", "5", "5", "5"], "p3": ["7", "7", "x", "7"]}

@@ -60,10 +60,170 @@ def test_self_distill_rewrites_and_keeps_originals_that_fail(embedded, tmp_path)
     assert [r["id"] for r in out] == ["r0", "r1"], "only verified answers are rewritten"
     stats = manifest["stats"]
     assert stats["self_distilled"] + stats["kept_original"] == 2
+    assert sum(stats["checks"].values()) == 2
     for r in out:
         assert r["original_completion"] in (rows[0]["completion"], rows[1]["completion"])
+        assert r["self_distill_verifier"] in ("math", None)  # arithmetic names the math verifier
         if not r["self_distilled"]:
             assert r["completion"] == r["original_completion"]
         else:
-            assert r["reference"] in r["completion"]
+            assert r["self_distill_check"] == "passed" and r["reference"] in r["completion"]
     assert manifest["models"]["original"]["sha256"] == embedded.identity["sha256"]
+
+
+class ScriptedRewriter:
+    """Plumbing only: answers each rewrite request with a fixed text, so the checks can be pinned."""
+
+    name = "scripted"
+
+    def __init__(self, replies: dict[str, tuple[str, str]]):
+        self.replies = replies  # question -> (text, finish_reason)
+
+    def generate(self, requests):
+        from pipeline.engines import GenResult, Sample
+
+        out = []
+        for r in requests:
+            question = next(q for q in self.replies if f"Question: {q}" in r.messages[0]["content"])
+            text, finish = self.replies[question]
+            out.append(GenResult(id=r.id, prompt_tokens=20, samples=[Sample(text, finish, 99)]))
+        return out
+
+
+def _verified_row(i: int, task: str, question: str, reference, completion: str, meta: str = "{}") -> dict:
+    return {
+        "id": f"r{i}",
+        "task": task,
+        "messages": [{"role": "user", "content": question}],
+        "prompt": question,
+        "reference": reference,
+        "meta": meta,
+        "completion": completion,
+        "finish_reason": "stop",
+        "completion_tokens": 7,
+        "topk_ids": [[1, 2]] * 7,
+        "topk_logprobs": [[-0.1, -2.0]] * 7,
+        "passed": True,
+        "verifier": "label",
+    }
+
+
+def test_self_distill_checks_each_task_with_its_own_verifier_and_refreshes_columns(tmp_path):
+    from pipeline.stages import export
+    from pipeline.tasks import load_task
+
+    capitals = {json.loads(r["meta"])["country"]: r for r in load_task("capitals", "test")}
+    labels = json.loads(next(iter(capitals.values()))["meta"])["labels"]
+    meta = json.dumps({"labels": labels})
+    q_fr, q_jp, q_de = (
+        "What is the capital of France?",
+        "What is the capital of Japan?",
+        "Capital of Germany?",
+    )
+    q_free = "Write a haiku about rain."
+    rows = [
+        _verified_row(0, "capitals", q_fr, "Paris", "Paris.", meta),
+        _verified_row(1, "capitals", q_jp, "Tokyo", "Tokyo.", meta),
+        _verified_row(2, "capitals", q_de, "Berlin", "Berlin.", meta),
+        _verified_row(3, "custom", q_free, None, "Rain taps the window."),
+    ]
+    rows[3]["verifier"] = "critic"  # accepted by a judge, but no judge is configured for this stage
+    replies = {
+        q_fr: (
+            "Sure! Here is the rewritten answer:\n\nThe capital of France is Paris.\n\nI hope this helps!",
+            "stop",
+        ),
+        q_jp: ("The capital of Japan is Seoul.", "stop"),
+        q_de: ("The capital of Germany is Berlin, a city that", "length"),
+        q_free: ("Soft rain on the roof.", "stop"),
+    }
+    store.save_table(pa.Table.from_pylist(rows), tmp_path / "in" / "data")
+    ctx = RunContext(student=StudentConfig(model="smollm2-135m-instruct"))
+    cfg = self_distill.Config(engine="hf")
+    manifest = self_distill.run(
+        cfg, tmp_path / "in", tmp_path / "out", context=ctx, engine=ScriptedRewriter(replies)
+    )
+    out = {r["id"]: r for r in store.load_table(tmp_path / "out" / "data").to_pylist()}
+    assert {k: (r["self_distill_check"], r["self_distill_verifier"]) for k, r in out.items()} == {
+        "r0": ("passed", "label"),  # the math verifier would find no number here: label is the task's own
+        "r1": ("failed", "label"),
+        "r2": ("truncated", None),
+        "r3": ("unchecked", None),
+    }
+    assert manifest["stats"]["checks"] == {"passed": 1, "failed": 1, "truncated": 1, "unchecked": 1}
+    used = out["r0"]
+    assert used["self_distilled"] and used["completion"] == "The capital of France is Paris."
+    assert used["finish_reason"] == "stop" and used["topk_ids"] is None and used["topk_logprobs"] is None
+    assert 5 <= used["completion_tokens"] <= 12, "counted on the cleaned rewrite, not copied from the row"
+    for rid in ("r1", "r2", "r3"):  # the verified original stays, with its own columns
+        r = out[rid]
+        assert not r["self_distilled"] and r["completion"] == r["original_completion"]
+        assert r["finish_reason"] == "stop" and r["topk_ids"] == [[1, 2]] * 7
+
+    exported = export.run(export.Config(formats=["sft", "kd"]), tmp_path / "out", tmp_path / "export")
+    sft = store.load_table(tmp_path / "export" / "data" / "sft").to_pylist()
+    texts = {r["messages"][-1]["content"] for r in sft}
+    assert texts == {"The capital of France is Paris.", "Tokyo.", "Berlin.", "Rain taps the window."}
+    kd = store.load_table(tmp_path / "export" / "data" / "kd").to_pylist()
+    assert {r["id"] for r in kd} == {"r1", "r2", "r3"}, "no teacher logprobs paired with a rewritten text"
+    assert exported["skipped"]["no_topk"] == 1
+
+    keep = self_distill.Config(engine="hf", keep_unchecked=True)
+    self_distill.run(keep, tmp_path / "in", tmp_path / "keep", context=ctx, engine=ScriptedRewriter(replies))
+    kept = {r["id"]: r for r in store.load_table(tmp_path / "keep" / "data").to_pylist()}
+    assert kept["r3"]["self_distilled"] and kept["r3"]["completion"] == "Soft rain on the roof."
+    assert not kept["r2"]["self_distilled"], "a truncated rewrite is never used"
+
+
+def test_truncated_rewrite_is_not_exported_even_when_it_passes(tmp_path):
+    """A rewrite cut off by max_tokens may still contain the right answer; it must not become training data."""
+    from pipeline.stages import export
+
+    q = "What is 2 + 3?"
+    row = {**_verified_row(0, "arithmetic", q, "5", "2 + 3 = 5. Answer: 5"), "verifier": "math"}
+    store.save_table(pa.Table.from_pylist([row]), tmp_path / "in" / "data")
+    cut = "Answer: 5. To see why, add 2 and 3, which"
+    engine = ScriptedRewriter({q: (cut, "length")})
+    ctx = RunContext(student=StudentConfig(model="smollm2-135m-instruct"))
+    self_distill.run(
+        self_distill.Config(engine="hf"), tmp_path / "in", tmp_path / "out", context=ctx, engine=engine
+    )
+    export.run(export.Config(formats=["sft"]), tmp_path / "out", tmp_path / "export")
+    sft = store.load_table(tmp_path / "export" / "data" / "sft").to_pylist()
+    assert [r["messages"][-1]["content"] for r in sft] == ["2 + 3 = 5. Answer: 5"]
+
+
+MESSY = [
+    # (raw model output, cleaned rewrite)
+    ("Sure! Here is the rewritten answer:\n\n2 + 3 = 5. Answer: 5", "2 + 3 = 5. Answer: 5"),
+    ("Here's a rewritten version of the answer: 4 times 2 is 8.\nAnswer: 8", "4 times 2 is 8.\nAnswer: 8"),
+    (
+        "Certainly. Here is the answer in my own words.\nSeven minus two leaves 5.",
+        "Seven minus two leaves 5.",
+    ),
+    ("**Rewritten answer:** The capital of France is Paris.", "The capital of France is Paris."),
+    ("Rephrased version:\nWe add 1 and 1 to get 2.", "We add 1 and 1 to get 2."),
+    ("The sum is 9. I hope this helps!", "The sum is 9."),
+    ("The sum is 9.\n\nLet me know if you have any other questions.", "The sum is 9."),
+    ('Of course! "Three plus four makes 7."\nHope this helps.', "Three plus four makes 7."),
+    ("Answer: 5", "Answer: 5"),  # an answer line is content, not chatter
+    ("Here is how it works: 6 / 2 = 3.", "Here is how it works: 6 / 2 = 3."),  # not an announcement
+    ("Sure!", ""),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("raw", "clean"), MESSY)
+def test_clean_rewrite_strips_chatter(raw, clean):
+    assert self_distill.clean_rewrite(raw) == clean
+
+
+def test_rewrite_prompt_is_pinned():
+    from pipeline import templates
+
+    text = templates.render("self_distill.jinja", question="What is 2 + 3?", answer="5")
+    assert text == (
+        "Here is a question and a correct answer to it.\n\nQuestion: What is 2 + 3?\n\nAnswer: 5\n\n"
+        "Rewrite the answer in your own words. Keep every step correct and end with the same final answer. "
+        "Reply with the rewritten answer only, without a greeting, an introduction or a closing remark."
+    )

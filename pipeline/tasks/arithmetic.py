@@ -19,6 +19,7 @@ from pipeline import templates
 from pipeline.errors import UserError
 from pipeline.tasks.ids import prompt_id
 
+VERIFIER = "math"  # the checker this task names for its answers
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jamal", "Kim", "Leo"]
 SPLIT_OF_BUCKET = {**{b: "train" for b in range(8)}, 8: "validation", 9: "test"}  # 80/10/10
 

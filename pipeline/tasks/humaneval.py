@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline import templates
 from pipeline.errors import UserError
 
+VERIFIER = "code"  # the checker this task names for its answers
 TEMPLATE = "tasks/humaneval.jinja"
 
 

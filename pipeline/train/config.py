@@ -4,6 +4,9 @@ A training YAML holds the fields of the mode's TRL config class (``SFTConfig``, 
 ``GKDConfig``, or our ``KDConfig``), plus these keys of ours:
 
 - ``model``: a model spec (see ``pipeline.models``), e.g. ``smollm2-135m-instruct`` or a local folder;
+- ``recipe`` (instead of ``model``): train that recipe's student, i.e. the pruned copy when its
+  ``student.prune_layers`` is set (pruned once into ``<run_dir>/student-pruned``, see ``pipeline.student``);
+  ``run_dir`` names the run folder (default ``runs/<recipe run name>``);
 - ``dataset``: an export stage folder (``runs/x/NN-export``), its ``data/<format>`` subfolder, or any folder
   written with ``datasets.save_to_disk``;
 - ``peft``: ``peft.LoraConfig`` fields; omit it (or set it to null) for full fine-tuning;
@@ -30,7 +33,7 @@ import yaml
 
 from pipeline.errors import UserError
 
-OUR_KEYS = ("model", "dataset", "peft", "merge")
+OUR_KEYS = ("model", "recipe", "run_dir", "dataset", "peft", "merge")
 MODES = ("sft", "dpo", "gkd", "kd")
 # The export subfolder each mode reads, and the columns it needs (any one of the alternatives).
 EXPORT_FORMAT = {"sft": "sft", "dpo": "dpo", "gkd": "sft", "kd": "kd"}
@@ -99,11 +102,26 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
     raw = {**raw, **(overrides or {})}
 
     model = raw.pop("model", None)
+    recipe = raw.pop("recipe", None)
+    run_dir = raw.pop("run_dir", None)
+    if recipe is not None:
+        if model is not None:
+            raise UserError(
+                "training config has both `model` and `recipe`; keep one (`recipe` trains the recipe's student)"
+            )
+        from pipeline.recipe import load_recipe
+        from pipeline.student import student_model
+
+        model = student_model(load_recipe(recipe), run_dir)
+    elif run_dir is not None:
+        raise UserError("`run_dir` in a training config goes with `recipe`; add `recipe: <recipe.yaml>`")
     dataset = raw.pop("dataset", None)
     peft_fields = raw.pop("peft", None)
     merge = raw.pop("merge", False)
     if not isinstance(model, str) or not model:
-        raise UserError("training config needs `model: <spec>`, e.g. `model: smollm2-135m-instruct`")
+        raise UserError(
+            "training config needs `model: <spec>` (e.g. smollm2-135m-instruct) or `recipe: <recipe.yaml>`"
+        )
     if not isinstance(dataset, str) or not dataset:
         raise UserError(
             "training config needs `dataset: <export folder>`, e.g. `dataset: runs/quickstart/03-export`"
@@ -145,6 +163,8 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
 
     dataset_dir = resolve_dataset(dataset, mode)
     shown = {"model": model, "dataset": dataset, "peft": peft_fields, "merge": merge, **raw}
+    if recipe is not None:
+        shown.update(recipe=str(recipe), run_dir=run_dir)
     return TrainJob(mode, args, model, dataset_dir, peft_config, merge, redact(shown))
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from pipeline.engines import GenRequest
 from pipeline.errors import UserError
 
-VERIFIER_OF_TASK = {"arithmetic": "math", "humaneval": "code"}
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -33,7 +32,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def last_number_check(rows: list[dict]) -> list[bool | None]:
-    """Fallback verifier: the last number in the completion equals the reference (None: no number)."""
+    """The last number in the completion equals the reference (None: no number). A quick look, not a
+    verifier: evaluation uses the task's own verifier through ``check``."""
     out = []
     for r in rows:
         numbers = _NUMBER.findall(r["completion"] or "")
@@ -47,23 +47,25 @@ def last_number_check(rows: list[dict]) -> list[bool | None]:
     return out
 
 
-def check(task: str, rows: list[dict]) -> list[bool | None]:
-    """passed per row, with the task's verifier (the last-number check when no verifier is available)."""
-    try:
-        from pipeline.verifiers import build_verifier
-    except ImportError:
-        build_verifier = None
-    name = VERIFIER_OF_TASK.get(task, "math")
-    if build_verifier is not None:
-        try:
-            verifier = build_verifier(name)
-        except (UserError, KeyError, ValueError, ImportError):
-            verifier = None
-        if verifier is not None:
-            return [v.passed for v in verifier.check(rows)]
-    if task == "humaneval":
-        raise UserError("evaluating humaneval needs the code verifier (pipeline/verifiers/code.py)")
-    return last_number_check(rows)
+def check(task: str, rows: list[dict], verifier: str | None = None) -> list[bool | None]:
+    """passed per row, with the verifier the task names (``verifier`` wins; for user data, each row's
+    ``meta.verifier`` from the source). A task that names none is an error, never a silent guess."""
+    from pipeline.tasks import row_verifier, task_verifier
+    from pipeline.verifiers import build_verifier
+
+    names = [verifier or row_verifier(r) or task_verifier(task) for r in rows]
+    if None in names:
+        raise UserError(
+            f"task '{task}' names no verifier; set `verifier:` on the recipe's source (e.g. math, label, "
+            "json_schema) or pass the verifier to check()"
+        )
+    out: list[bool | None] = [None] * len(rows)
+    for name in dict.fromkeys(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        verdicts = build_verifier(name).check([rows[i] for i in idx])
+        for i, v in zip(idx, verdicts, strict=True):
+            out[i] = v.passed
+    return out
 
 
 def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
