@@ -1,13 +1,20 @@
 """Hostile completions fed to the code verifier: each must fail with its reason, and the host stays unharmed.
 
-.venv/bin/pytest tests/test_sandbox.py -q     # about 15 s on 2 cores; needs root (skips otherwise)
+Every test runs against each sandbox backend that works on this machine (``namespaces`` needs root,
+``bwrap`` works for any user); one test runs the whole verifier as the unprivileged uid 65534.
+
+.venv/bin/pytest tests/test_sandbox.py -q     # about 30 s on 2 cores
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -15,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.verifiers.code import CodeVerifier
-from pipeline.verifiers.sandbox import _UID_BASE, Limits, Sandbox, check_available
+from pipeline.verifiers.sandbox import _UID_BASE, BACKENDS, Limits, Sandbox, backend_problem, check_available
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the code sandbox needs root")
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS_HERE = [b for b in BACKENDS if backend_problem(b) is None]
+backends = pytest.mark.parametrize("backend", BACKENDS_HERE)
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 
@@ -84,9 +93,13 @@ def listener():
 
 def test_sandbox_is_available():
     assert check_available() is None
+    assert "bwrap" in BACKENDS_HERE, backend_problem("bwrap")  # the rootless one works everywhere here
+    if os.geteuid() == 0:
+        assert "namespaces" in BACKENDS_HERE, backend_problem("namespaces")
 
 
-def test_hostile_completions_fail_and_host_is_unharmed(sentinels, listener, monkeypatch):
+@backends
+def test_hostile_completions_fail_and_host_is_unharmed(backend, sentinels, listener, monkeypatch):
     monkeypatch.setenv("DISTILL_TEST_SECRET", SECRET)
     port, accepted = listener
     private, shared = sentinels
@@ -112,11 +125,24 @@ def test_hostile_completions_fail_and_host_is_unharmed(sentinels, listener, monk
         "spawn_subprocess": "import subprocess\nsubprocess.run(['true'], check=True)\n",
         "spawn_thread": "import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()\n",
         "signal_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+        "stop_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n",
         "signal_host": f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)\n",
         "signal_everyone": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
         "exit_early": "import sys\nsys.exit(0)\n",
         "os_exit_early": "import os\nos._exit(0)\n",
         "huge_output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
+        "disk_fill": (
+            "import itertools\nfor i in itertools.count():\n"
+            "    open(f'/tmp/fill{i}', 'wb').write(b'x' * (4 << 20))\n"
+        ),
+        "fill_dev_shm": "open('/dev/shm/fill', 'wb').write(b'x' * (8 << 20))\n",
+        "read_root_home": (  # only the interpreter's own folder may be there (namespaces backend)
+            "import os\nfound = [os.path.join(d, f) for d, _, fs in os.walk('/root') for f in fs\n"
+            "         if '/.pyenv/versions/' not in d + '/']\nassert found, 'empty'\n"
+        ),
+        "ptrace_parent_memory": ("import os\nf = open(f'/proc/{os.getppid()}/mem', 'rb')\n"),
+        "parent_fds": "import os\nprint(os.listdir(f'/proc/{os.getppid()}/fd'))\n",
+        "setuid_root": "import os\nos.setuid(0)\n",
     }
     expected = {
         "fork_bomb": "exception: BlockingIOError",
@@ -131,59 +157,133 @@ def test_hostile_completions_fail_and_host_is_unharmed(sentinels, listener, monk
         "read_env_secret": "exception: KeyError",
         "read_proc_environ": "tests_failed",
         "read_ssh": "exception: FileNotFoundError",
-        "socket_localhost": "exception: OSError: [Errno 101] Network is unreachable",
+        # bwrap brings up a loopback of its own namespace: nobody listens there.
+        "socket_localhost": ("exception: OSError: [Errno 101]", "exception: ConnectionRefusedError"),
         "socket_internet": "exception: OSError: [Errno 101] Network is unreachable",
         "spawn_subprocess": "exception: BlockingIOError",
         "spawn_thread": "exception: RuntimeError: can't start new thread",
-        "signal_parent": "exception: PermissionError",
+        # The program may kill (or stop) the judge that runs its tests, never the host: the verdict then is
+        # a failure, and the slot is replaced.
+        "signal_parent": "killed_by_signal: SIGKILL",
+        "stop_parent": "timeout",
         "signal_host": "exception: ProcessLookupError",
-        "signal_everyone": "exception: ProcessLookupError",  # nobody else is visible
-        "exit_early": "exited_early",
-        "os_exit_early": "exited_early",
+        "signal_everyone": "killed_by_signal: SIGKILL",  # only its own slot: nothing else is visible
+        "exit_early": "reward_hack: exited_early",
+        "os_exit_early": "reward_hack: exited_early",
         "huge_output": "file_size_limit",
+        "disk_fill": ("exception: OSError: [Errno 28] No space left", "file_size_limit"),
+        "fill_dev_shm": ("exception: OSError: [Errno 28] No space left", "exception: OSError: [Errno 30]"),
+        "read_root_home": "tests_failed: AssertionError: empty",
+        "ptrace_parent_memory": "exception: PermissionError",
+        "parent_fds": "exception: PermissionError",
+        "setuid_root": ("exception: PermissionError", "exception: OSError: [Errno 22]"),  # bwrap: unmapped
     }
-    verifier = CodeVerifier(timeout_s=3.0, memory_mb=512)
+    if backend == "bwrap":  # bwrap also forbids nested user namespaces (the launcher cannot, as root)
+        hostile["new_user_namespace"] = (
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "assert libc.unshare(0x10000000) == 0, ctypes.get_errno()\n"
+        )
+        expected["new_user_namespace"] = "tests_failed"
+    verifier = CodeVerifier(timeout_s=3.0, memory_mb=512, backend=backend)
     verifier.sandbox.limits.cpu_s = 2
     names = list(hostile)
     rows = [_row(hostile[n]) for n in names] + [_row("x = 1", "assert x == 1")]  # the run goes on
     start = time.monotonic()
     verdicts = verifier.check(rows)
     assert time.monotonic() - start < 60
-    for name, verdict in zip(names, verdicts, strict=False):
-        assert verdict.passed is False, (name, verdict)
-        assert verdict.score == 0.0
-        assert verdict.reason.startswith(expected[name]), (name, verdict.reason)
-        assert SECRET not in verdict.reason
+    wrong = {
+        name: v.reason
+        for name, v in zip(names, verdicts, strict=False)
+        if v.passed is not False or v.score != 0.0 or not v.reason.startswith(expected[name])
+    }
+    assert wrong == {}
+    assert not any(SECRET in v.reason for v in verdicts)
     assert verdicts[-1].passed is True, verdicts[-1]
+    verifier.close()
     assert not accepted, "a sandboxed program reached a socket on 127.0.0.1"
     assert not os.path.exists("/work/pwned.txt")
     assert _sandbox_processes() == [], "a sandboxed process survived its run"
 
 
-def test_escaped_children_are_killed():
+@backends
+def test_escaped_children_are_killed(backend):
     """A child that leaves the process group and the session still dies with the run."""
-    sandbox = Sandbox(Limits(wall_s=2, cpu_s=2, max_processes=8))
-    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)\n"
-    result = sandbox.run(code)
-    assert result.status == "timeout"
+    with Sandbox(Limits(wall_s=2, cpu_s=2, max_processes=8), workers=1, backend=backend) as sandbox:
+        code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)\n"
+        assert sandbox.run(code).status == "timeout"
+        # Same, but the program ends at once: the slot itself must sweep the orphan before the next run.
+        code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+        assert sandbox.run(code).passed
+        probe = sandbox.run("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
+        assert probe.passed, probe
+        # pid 1 (init), the slot, the judge and the program itself: no sleeper left.
+        assert len(json.loads(probe.stdout)) == 4, probe.stdout
     assert _sandbox_processes() == []
 
 
-def test_private_directory_is_writable_and_fresh():
-    sandbox = Sandbox(Limits(wall_s=10))
-    code = "import os, tempfile\nassert os.listdir('.') == ['solution.py'], os.listdir('.')\n"
-    code += (
-        "open('out.txt', 'w').write('ok')\ntempfile.NamedTemporaryFile().write(b'ok')\nprint(os.getcwd())\n"
-    )
-    first, second = sandbox.run_many([code, code])
-    assert first.passed and second.passed, (first, second)
-    assert first.stdout == "/tmp"
+@backends
+def test_private_directory_is_writable_and_fresh(backend):
+    with Sandbox(Limits(wall_s=10), workers=1, backend=backend) as sandbox:
+        code = "import os, tempfile\nassert os.listdir('.') == [], os.listdir('.')\n"
+        code += "open('out.txt', 'w').write('ok')\ntempfile.NamedTemporaryFile().write(b'ok')\n"
+        code += "os.mkdir('locked')\nos.chmod('locked', 0)\nprint(os.getcwd())\n"
+        first, second = sandbox.run_many([code, code])  # one slot: the second run sees what the first left
+        assert first.passed and second.passed, (first, second)
+        assert first.stdout == "/tmp\n"
 
 
-def test_parallel_runs_use_the_cores():
+@backends
+def test_parallel_runs_use_the_cores(backend):
     """Two sleeping programs in parallel take about as long as one."""
-    sandbox = Sandbox(Limits(wall_s=10), workers=2)
-    start = time.monotonic()
-    results = sandbox.run_many(["import time\ntime.sleep(1)"] * 2)
-    assert all(r.passed for r in results)
-    assert time.monotonic() - start < 1.9
+    with Sandbox(Limits(wall_s=10), workers=2, backend=backend) as sandbox:
+        sandbox.run_many(["pass"] * 2)  # start both slots
+        start = time.monotonic()
+        results = sandbox.run_many(["import time\ntime.sleep(1)"] * 2)
+        assert all(r.passed for r in results)
+        assert time.monotonic() - start < 1.9
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become uid 65534")
+def test_verifier_runs_as_unprivileged_user():
+    """The whole verifier as uid 65534 (no root: only the bwrap backend can work), with hostile rows."""
+    site = sysconfig.get_paths()["purelib"]
+    script = (  # passed with -c: pytest's tmp_path (under /tmp/pytest-of-root) is closed to other uids
+        "import json, os\n"
+        "from pipeline.verifiers.sandbox import backend_problem, default_backend\n"
+        "from pipeline.verifiers.code import CodeVerifier, humaneval_rows\n"
+        "rows = humaneval_rows()[:20]\n"
+        "hacks = [{**rows[0], 'completion': c} for c in json.loads(os.environ['HACKS'])]\n"
+        "v = CodeVerifier(timeout_s=3.0)\n"
+        "verdicts = v.check(rows + hacks)\n"
+        "print(json.dumps({'uid': os.getuid(), 'backend': v.sandbox.backend,\n"
+        "    'namespaces': backend_problem('namespaces'), 'verdicts': [x.reason for x in verdicts]}))\n"
+    )
+    hacks = [
+        "class Yes:\n    def __eq__(self, o):\n        return True\n"
+        "def has_close_elements(numbers, threshold):\n    return Yes()\n",
+        "import sys\nsys.exit(0)\n",
+        "import os\nos.fork()\n",
+        "open('/root/x', 'w')\n",
+    ]
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": f"{REPO}:{site}",
+        "HACKS": json.dumps(hacks),
+        "HOME": "/nonexistent",
+    }
+    setpriv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    proc = subprocess.run(
+        [*setpriv, python, "-c", script], capture_output=True, text=True, env=env, cwd="/", timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["uid"] == 65534
+    assert report["backend"] == "bwrap"
+    assert report["namespaces"] == "needs root"
+    reasons = report["verdicts"]
+    assert reasons[:20] == ["passed"] * 20, reasons
+    assert reasons[20] == "reward_hack: non_plain_return"
+    assert reasons[21] == "reward_hack: exited_early"
+    assert reasons[22].startswith("exception: BlockingIOError")
+    assert reasons[23].startswith("exception: OSError: [Errno 30] Read-only file system")

@@ -1,15 +1,21 @@
-"""Code verifier: run the completion against the task's tests in the sandbox (``sandbox.py``).
+"""Code verifier: judge the completion against the task's tests in the sandbox (``sandbox.py``).
 
 A row's ``meta`` (JSON) holds ``test`` (test code) and optionally ``entry_point`` and ``prompt`` (the code
 the completion continues, as in HumanEval). The completion may be a whole function (possibly inside
 ```python fences, possibly with chatter around) or only the body that continues the prompt; both work.
 If ``test`` defines ``check`` and there is an ``entry_point``, ``check(entry_point)`` is called, as
-HumanEval does. The solution runs first as a module (its own ``if __name__ == "__main__":`` demo code is
-skipped), then the tests run as ``__main__`` in the same namespace; both are read before either runs.
+HumanEval does.
+
+The solution and the tests run in two processes (``harness.py``): the tests call the solution's functions
+through proxies, results come back as plain data (so a model's ``__eq__`` never runs in the tests), the
+tests are never in the solution's reach, and only the test process can say that the tests ran to the end.
+The prompt is trusted: the test process runs it itself, so helpers the tests use (HumanEval's ``poly``)
+cannot be redefined by the completion.
 
 Verdicts: ``passed`` True/False with ``score`` 1.0/0.0 and a reason such as ``passed``, ``tests_failed: ...``,
-``timeout``, ``cpu_time_limit``, ``memory_limit``, ``syntax_error: ...``, ``exception: ...``, ``exited_early``;
-``passed`` None when the row cannot be checked (``no_tests``) or the sandbox itself failed.
+``timeout``, ``cpu_time_limit``, ``memory_limit``, ``syntax_error: ...``, ``exception: ...``,
+``reward_hack: <kind>`` (``non_plain_return``, ``exited_early``, ``malformed_reply``);
+``passed`` None when the row cannot be checked (``no_tests``, ``unsupported``) or the sandbox itself failed.
 
     python -m pipeline.verifiers.code     # run the 164 HumanEval canonical solutions, print the pass count
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from dataclasses import dataclass
 
 from pipeline.verifiers import Verdict
 from pipeline.verifiers.sandbox import Limits, RunResult, Sandbox
@@ -28,8 +35,18 @@ _CODE_START = re.compile(r"^(def |async def |class |import |from |@)")
 _MAX_REASON = 300
 
 
+@dataclass
+class Program:
+    """What the sandbox runs for one row."""
+
+    solution: str  # prompt + completion, a parseable module
+    tests: str  # the task's tests, plus ``check(entry_point)`` when they define ``check``
+    entry_point: str | None = None  # the function the tests call as ``candidate``
+    context: str | None = None  # trusted code the tests may use (HumanEval's prompt)
+
+
 class CodeVerifier:
-    """Runs each row's program (prompt + completion + tests) in the sandbox, in parallel across cores."""
+    """Runs each row's program (prompt + completion, then tests) in the sandbox, in parallel across cores."""
 
     name = "code"
 
@@ -39,29 +56,40 @@ class CodeVerifier:
         memory_mb: int = 1024,
         max_processes: int = 1,
         workers: int | None = None,
+        backend: str | None = None,
     ):
         limits = Limits(
             wall_s=timeout_s, cpu_s=max(1, int(timeout_s)), memory_mb=memory_mb, max_processes=max_processes
         )
-        self.sandbox = Sandbox(limits, workers=workers)
+        self.sandbox = Sandbox(limits, workers=workers, backend=backend)
 
     def check(self, rows: list[dict]) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(rows)
-        to_run: list[tuple[int, str, str]] = []
+        to_run: list[tuple[int, Program]] = []
         for i, row in enumerate(rows):
             program, problem = build_program(row)
             if program is None:
                 verdicts[i] = problem
             else:
-                to_run.append((i, *program))
-        results = self.sandbox.run_many([s for _, s, _ in to_run], [t for _, _, t in to_run])
-        for (i, _, _), result in zip(to_run, results, strict=True):
+                to_run.append((i, program))
+        programs = [p for _, p in to_run]
+        results = self.sandbox.run_many(
+            [p.solution for p in programs],
+            [p.tests for p in programs],
+            [p.entry_point for p in programs],
+            [p.context for p in programs],
+        )
+        for (i, _), result in zip(to_run, results, strict=True):
             verdicts[i] = verdict_of(result, self.sandbox.limits)
         return verdicts  # type: ignore[return-value]
 
+    def close(self) -> None:
+        """Stop the sandbox's warm slots (they also stop when the verifier is garbage-collected)."""
+        self.sandbox.close()
 
-def build_program(row: dict) -> tuple[tuple[str, str] | None, Verdict | None]:
-    """((solution, tests), None) to run for a row, or (None, verdict) when there is nothing to run."""
+
+def build_program(row: dict) -> tuple[Program | None, Verdict | None]:
+    """(program, None) to run for a row, or (None, verdict) when there is nothing to run."""
     meta = row.get("meta") or {}
     if isinstance(meta, str):
         try:
@@ -79,7 +107,7 @@ def build_program(row: dict) -> tuple[tuple[str, str] | None, Verdict | None]:
     tests = test.rstrip() + "\n"
     if entry and re.search(r"^def check\s*\(", test, re.M):
         tests += f"\n\ncheck({entry})\n"
-    return (solution, tests), None
+    return Program(solution, tests, entry, context or None), None
 
 
 def assemble_solution(completion: str, context: str, entry_point: str | None) -> tuple[str | None, str]:
@@ -145,7 +173,11 @@ def verdict_of(result: RunResult, limits: Limits) -> Verdict:
     if result.passed:
         return Verdict(True, 1.0, "passed")
     if result.status == "sandbox_error":
-        return Verdict(None, None, _cut("sandbox_error: " + _last_line(result.stderr)))
+        return Verdict(None, None, _cut("sandbox_error: " + result.error))
+    if result.status == "reward_hack":  # the verify stage makes this prefix its own reject reason
+        return Verdict(False, 0.0, _cut(f"reward_hack: {result.hack}"))
+    if result.status == "unsupported":  # the tests need something the pipe cannot carry: undecidable
+        return Verdict(None, None, _cut("unsupported: " + result.error))
     if result.status == "timeout":
         return Verdict(False, 0.0, f"timeout: killed after {limits.wall_s:g}s wall time")
     if result.status == "signal":
@@ -154,9 +186,7 @@ def verdict_of(result: RunResult, limits: Limits) -> Verdict:
         if result.signal == "SIGXFSZ":
             return Verdict(False, 0.0, f"file_size_limit: wrote more than {limits.file_size_mb} MB")
         return Verdict(False, 0.0, f"killed_by_signal: {result.signal}")
-    if result.status == "ok":  # exit 0 without the harness's nonce: sys.exit()/os._exit() before the tests
-        return Verdict(False, 0.0, "exited_early: the program exited before its tests finished")
-    line = _last_line(result.stderr)
+    line = result.error
     kind = line.split(":", 1)[0].strip()
     if kind == "MemoryError":
         return Verdict(False, 0.0, f"memory_limit: MemoryError (limit {limits.memory_mb} MB)")
@@ -166,7 +196,11 @@ def verdict_of(result: RunResult, limits: Limits) -> Verdict:
         return Verdict(False, 0.0, _cut("syntax_error: " + line))
     if "File too large" in line:
         return Verdict(False, 0.0, f"file_size_limit: wrote more than {limits.file_size_mb} MB")
-    return Verdict(False, 0.0, _cut(f"exception: {line}" if line else f"exit_code: {result.returncode}"))
+    if result.exit_code is not None and not line.startswith(("SystemExit", "the solution exited")):
+        return Verdict(False, 0.0, _cut(f"exception: {line}"))
+    if result.exit_code is not None:
+        return Verdict(False, 0.0, f"exit_code: {result.exit_code}")
+    return Verdict(False, 0.0, _cut(f"exception: {line}" if line else "exception: unknown"))
 
 
 def _last_line(text: str) -> str:
@@ -204,7 +238,9 @@ if __name__ == "__main__":
 
     rows = humaneval_rows()
     start = time.perf_counter()
-    verdicts = CodeVerifier().check(rows)
+    verifier = CodeVerifier()
+    verdicts = verifier.check(rows)
+    verifier.close()
     took = time.perf_counter() - start
     print(f"{sum(v.passed is True for v in verdicts)}/{len(rows)} canonical solutions pass in {took:.1f}s")
     for row, v in zip(rows, verdicts, strict=True):

@@ -1,0 +1,518 @@
+"""The inside of the code sandbox: a warm interpreter that judges one program after another.
+
+This file runs only inside the sandbox (``sandbox.py`` starts it as ``python -I -S -c <this source> CONFIG``),
+with the standard library only. Three kinds of processes take part, all in the sandbox:
+
+- the slot (one per worker): imports the usual modules once, then for each job forks a judge, waits for
+  it, kills every other process left in the sandbox and wipes ``/tmp``. It never reads a job's code.
+- the judge (trusted, one per job): reads the solution from the host, forks the solution process, and only
+  then reads the tests, so the solution's memory never held them. It runs the tests with ``candidate`` (and
+  every function of the solution) as a proxy that calls into the solution process over a pipe, and writes
+  the verdict to the host. The judge is non-dumpable: a process of the same uid can neither read nor write
+  its memory (``/proc/PID/mem``, ``ptrace``) nor open its file descriptors.
+- the solution process (untrusted): runs the model's code with its own rlimits, stdout/stderr going to an
+  anonymous file, and then serves calls. Arguments and results cross the pipe as tagged JSON of plain data
+  (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset; exact types, not
+  subclasses). The judge decodes replies into fresh built-in objects, so no ``__eq__`` written by the model
+  ever runs in the judge; a result that is not plain data is a reward hack (``non_plain_return``).
+
+The "tests ran to the end" signal is the judge's frame on a pipe the solution process does not hold, so the
+solution can neither see nor forge it; exiting early (``sys.exit(0)``, ``os._exit(0)``) before the judge
+is done is itself a reward hack (``exited_early``).
+
+Frames on every pipe: a 4-byte big-endian length, then UTF-8 JSON.
+"""
+
+import builtins
+import json
+import os
+import signal
+import struct
+import sys
+import time
+
+_HEADER = struct.Struct(">I")
+MAX_FRAME = 64 << 20
+MAX_DEPTH = 100
+OUTPUT_TAIL = 20000
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+# Modules HumanEval-style solutions and tests import; importing them once in the slot makes each fork cheap.
+WARM_MODULES = (
+    "math re collections itertools functools heapq bisect string typing fractions decimal statistics "
+    "hashlib random datetime operator copy ast json cmath array enum dataclasses textwrap"
+).split()
+
+
+# --- frames ------------------------------------------------------------------------------------------------
+
+
+def read_exact(fd, n):
+    """Exactly ``n`` bytes from ``fd`` (raw reads: nothing beyond the frame is buffered in this process)."""
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd):
+    (size,) = _HEADER.unpack(read_exact(fd, 4))
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    return json.loads(read_exact(fd, size))
+
+
+def write_frame(fd, obj):
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# --- plain data --------------------------------------------------------------------------------------------
+
+
+class NotPlain(Exception):
+    """A value that is not plain data; the message names its type."""
+
+
+def encode(x, depth=0):
+    """Tagged JSON of plain data: JSON's own types stay as they are, the others become one-key objects."""
+    t = type(x)  # exact types: a subclass of int or list may carry its own __eq__
+    if x is None or t is bool or t is int or t is str or t is float:
+        return x
+    if depth > MAX_DEPTH:
+        raise NotPlain("nested too deep")
+    if t is list:
+        return [encode(v, depth + 1) for v in x]
+    if t is tuple:
+        return {"t": [encode(v, depth + 1) for v in x]}
+    if t is dict:
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
+    if t is set:
+        return {"s": [encode(v, depth + 1) for v in x]}
+    if t is frozenset:
+        return {"f": [encode(v, depth + 1) for v in x]}
+    if t is bytes:
+        return {"b": x.hex()}
+    if t is complex:
+        return {"c": [x.real, x.imag]}
+    raise NotPlain(f"{t.__module__}.{t.__qualname__}")
+
+
+def decode(v, depth=0):
+    """The inverse of ``encode``, strict: anything else raises ValueError (or TypeError for bad keys)."""
+    t = type(v)
+    if v is None or t is bool or t is int or t is str or t is float:
+        return v
+    if depth > MAX_DEPTH + 1:
+        raise ValueError("nested too deep")
+    if t is list:
+        return [decode(i, depth + 1) for i in v]
+    if t is dict and len(v) == 1:
+        ((tag, body),) = v.items()
+        if tag == "b" and type(body) is str:
+            return bytes.fromhex(body)
+        if type(body) is list:
+            if tag == "t":
+                return tuple(decode(i, depth + 1) for i in body)
+            if tag == "d":
+                return {decode(k, depth + 1): decode(val, depth + 1) for k, val in body}
+            if tag == "s":
+                return {decode(i, depth + 1) for i in body}
+            if tag == "f":
+                return frozenset(decode(i, depth + 1) for i in body)
+            if tag == "c" and len(body) == 2 and all(type(p) in (int, float) for p in body):
+                return complex(*body)
+    raise ValueError("malformed plain data")
+
+
+# --- the slot ----------------------------------------------------------------------------------------------
+
+
+def _prctl(option, value):
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def slot_main(config):
+    # Non-dumpable: the solution (same uid) cannot open our fds or memory via /proc. Subreaper: orphans
+    # of a job come back to us, so nothing is re-parented out of reach.
+    _prctl(PR_SET_DUMPABLE, 0)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    for name in WARM_MODULES:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import gc
+
+    gc.collect()
+    gc.freeze()  # keep the warm heap shared with the forks instead of touched by their collections
+    write_frame(1, {"ready": os.getpid()})
+    while True:
+        try:
+            read_frame(0)  # only {"job": n}: the job's code is read by the judge, never by the slot
+        except EOFError:
+            os._exit(0)
+        judge = os.fork()
+        if judge == 0:
+            try:
+                judge_main(config)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(judge, 0)
+        clean = _kill_others() and _wipe("/tmp")
+        write_frame(1, {"done": _describe(status), "clean": clean})
+        if not clean:
+            os._exit(3)  # the host starts a fresh slot
+
+
+def _kill_others(deadline_s=2.0):
+    """SIGKILL every process of the sandbox but its init (pid 1) and us; True once none is left."""
+    me = os.getpid()
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        while True:  # reap the zombies that came back to us
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
+        if not pids:
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+    return False
+
+
+def _wipe(top):
+    import shutil
+
+    def unlock(func, path, exc):  # the program may have removed its own permissions on a folder
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass
+
+    for entry in os.listdir(top):
+        path = os.path.join(top, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=unlock)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return not os.listdir(top)
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        return {"signal": signal.Signals(os.WTERMSIG(status)).name}
+    return {"exit": os.WEXITSTATUS(status)}
+
+
+def _set_limits(limits, nproc):
+    import resource
+
+    mb = 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2)
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc,) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_mb"] * mb,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# --- the judge ---------------------------------------------------------------------------------------------
+
+
+class RewardHack(BaseException):
+    """Raised in the judge when the solution tried a reward hack (BaseException: tests cannot swallow it)."""
+
+
+class SolutionDied(BaseException):
+    """The solution process ended while the judge still needed it."""
+
+
+class Unsupported(BaseException):
+    """The tests passed the solution something that cannot cross the pipe (e.g. a function)."""
+
+
+class SolutionError(Exception):
+    """An exception raised in the solution process whose type is not a built-in one."""
+
+
+def judge_main(config):
+    limits = config["limits"]
+    result_fd = os.dup(1)
+    out = os.open("/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)  # the program's stdout+stderr, in no folder
+    sys.stdout.flush()
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    job = read_frame(0)
+    call_r, call_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    solution = os.fork()
+    if solution == 0:
+        try:
+            solution_main(job, limits, out, call_r, reply_w)
+        except SystemExit as e:  # leave as Python would, with the code the program chose
+            code = e.code
+            if not (code is None or type(code) is int):
+                print(code, file=sys.stderr)
+                code = 1
+            _flush()
+            os._exit(code or 0)
+        finally:
+            _flush()
+            os._exit(1)
+    os.close(call_r)
+    os.close(reply_w)
+    # Only now read the tests: the solution process was forked before they were in our memory.
+    tests = read_frame(0)
+    _set_limits(limits, nproc=1)
+    judge = Judge(solution, call_w, reply_r)
+    result = judge.run(tests)
+    os.close(call_w)
+    result["solution"] = judge.reap()
+    if result["solution"] and result["completed"] is False and not result.get("hack"):
+        exit_code = result["solution"].get("exit")
+        if exit_code == 0 and judge.died:  # it left with "success" before the judge was done
+            result["hack"] = "exited_early"
+    size = os.lseek(out, 0, os.SEEK_END)
+    result["output"] = os.pread(out, OUTPUT_TAIL, max(0, size - OUTPUT_TAIL)).decode("utf-8", "replace")
+    write_frame(result_fd, result)
+
+
+class Judge:
+    def __init__(self, pid, call_w, reply_r):
+        self.pid, self.call_w, self.reply_r = pid, call_w, reply_r
+        self.hack = None
+        self.died = False
+        self.unsupported = None
+        self.status = None
+
+    def run(self, tests):
+        """Wait for the solution to load, then run the tests; returns the result frame (without output)."""
+        try:
+            loaded = self._reply()
+        except SolutionDied:
+            return {"completed": False, "error": None, "where": "solution"}
+        if "raise" in loaded:
+            return {"completed": False, "error": _line(*loaded["raise"]), "where": "solution"}
+        if tests.get("tests") is None:
+            return {"completed": True, "error": None}
+        scope = {"__name__": "__main__", "__builtins__": builtins}
+        try:
+            for name in loaded.get("callables", []):
+                scope[name] = self.proxy(name)
+            for name, value in loaded.get("values", {}).items():
+                scope[name] = decode(value)
+        except (ValueError, TypeError, RecursionError):
+            return {"completed": False, "error": None, "hack": "malformed_reply"}
+        # The task's own context (e.g. HumanEval's prompt) is trusted code: its helpers (``poly``,
+        # ``encode_cyclic``) must come from it, not from a solution that may have redefined them.
+        if tests.get("context"):
+            try:
+                exec(compile(tests["context"], "context.py", "exec", dont_inherit=True), scope)
+            except Exception:  # noqa: BLE001 - a prompt that is not runnable on its own adds nothing
+                pass
+        entry = tests.get("entry_point")
+        if entry:
+            scope[entry] = scope["candidate"] = self.proxy(entry)
+        try:
+            exec(compile(tests["tests"], "tests.py", "exec", dont_inherit=True), scope)
+            error = None
+        except (RewardHack, SolutionDied, Unsupported):
+            error = None
+        except BaseException as e:  # noqa: BLE001 - whatever stopped the tests is the verdict
+            error = _line(type(e).__name__, _safe_str(e))
+        if self.hack:
+            return {"completed": False, "error": None, "hack": self.hack}
+        if self.unsupported:
+            return {"completed": False, "error": None, "unsupported": self.unsupported}
+        if self.died:
+            return {"completed": False, "error": None, "where": "solution"}
+        return {"completed": error is None, "error": error, "where": "tests"}
+
+    def proxy(self, name):
+        def call(*args, **kwargs):
+            return self.call(name, args, kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    def call(self, name, args, kwargs):
+        if self.died:
+            raise SolutionDied
+        try:
+            request = {"call": name, "args": encode(list(args)), "kwargs": encode(kwargs)}
+        except NotPlain as e:
+            self.unsupported = f"an argument of {name}() is not plain data ({e})"
+            raise Unsupported from None
+        try:
+            write_frame(self.call_w, request)
+        except OSError:
+            self.died = True
+            raise SolutionDied from None
+        reply = self._reply()
+        try:
+            if "ok" in reply:
+                return decode(reply["ok"])
+        except (ValueError, TypeError, RecursionError):
+            self.hack = "malformed_reply"
+            raise RewardHack from None
+        if "raise" in reply:
+            kind, message = reply["raise"]
+            raise _rebuild(str(kind), str(message))
+        self.hack = str(reply.get("hack") or "malformed_reply")[:100]
+        raise RewardHack
+
+    def _reply(self):
+        try:
+            reply = read_frame(self.reply_r)
+        except (EOFError, OSError):
+            self.died = True
+            raise SolutionDied from None
+        except (ValueError, RecursionError):
+            self.hack = "malformed_reply"
+            raise RewardHack from None
+        if type(reply) is not dict:
+            self.hack = "malformed_reply"
+            raise RewardHack
+        return reply
+
+    def reap(self):
+        """How the solution process ended (None if it was still serving), after which it is gone."""
+        deadline = time.monotonic() + (1.0 if self.died else 0.2)
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return _describe(status)
+            time.sleep(0.002)
+        os.kill(self.pid, signal.SIGKILL)
+        status = os.waitpid(self.pid, 0)[1]
+        return None if not self.died else _describe(status)
+
+
+def _rebuild(kind, message):
+    """The exception the solution raised, as a built-in exception of the same type when there is one."""
+    cls = getattr(builtins, kind, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError wants five arguments
+            pass
+    return SolutionError(f"{kind}: {message}")
+
+
+def _safe_str(e):
+    try:
+        return str(e)
+    except Exception:  # noqa: BLE001
+        return "<unprintable>"
+
+
+def _line(kind, message):
+    message = " ".join(str(message).split())
+    return f"{kind}: {message}"[:1000] if message else str(kind)
+
+
+# --- the solution process ----------------------------------------------------------------------------------
+
+
+def solution_main(job, limits, out, call_r, reply_w):
+    import fcntl
+
+    # fds 0-4: /dev/null, the output file twice, the call pipe, the reply pipe. Nothing else stays open:
+    # not the host's pipes, not the judge's result fd.
+    null = os.open("/dev/null", os.O_RDONLY)
+    keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (null, out, out, call_r, reply_w)]
+    for target, fd in enumerate(keep):
+        os.dup2(fd, target)
+    os.closerange(5, 1 << 16)
+    call_r, reply_w = 3, 4
+    os.chdir("/tmp")
+    own = sum(1 for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == os.getuid())
+    extra = max(0, limits["max_processes"] - 1)
+    _set_limits(limits, nproc=1 if not extra else own + extra)
+    scope = {"__name__": "__main__" if job.get("as_main") else "solution", "__builtins__": builtins}
+    source = job["solution"]
+    del job
+    try:
+        exec(compile(source, "solution.py", "exec", dont_inherit=True), scope)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception as e:  # noqa: BLE001 - SystemExit is not caught: leaving is an answer of its own
+        _reply(reply_w, {"raise": [type(e).__name__, _safe_str(e)[:2000]]})
+        os._exit(1)
+    callables, values = [], {}
+    for name, value in list(scope.items()):
+        if name.startswith("__"):
+            continue
+        if callable(value) and not isinstance(value, type(sys)):
+            callables.append(name)
+        else:
+            try:
+                values[name] = encode(value)
+            except (NotPlain, RecursionError):
+                pass  # modules, objects: not shared with the tests
+    _reply(reply_w, {"callables": callables, "values": values})
+    while True:
+        try:
+            request = read_frame(call_r)
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            function = scope[request["call"]]
+            value = function(*decode(request["args"]), **decode(request["kwargs"]))
+        except Exception as e:  # noqa: BLE001 - the test decides what an exception means
+            _reply(reply_w, {"raise": [type(e).__name__, _safe_str(e)[:2000]]})
+            continue
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _reply(reply_w, {"ok": encode(value)})
+        except (NotPlain, RecursionError) as e:
+            _reply(reply_w, {"hack": "non_plain_return", "type": _safe_str(e)[:200]})
+        except Exception as e:  # noqa: BLE001 - e.g. OSError from a full output file
+            _reply(reply_w, {"raise": [type(e).__name__, _safe_str(e)[:2000]]})
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - e.g. a full output file
+            pass
+
+
+def _reply(fd, obj):
+    try:
+        write_frame(fd, obj)
+    except OSError:
+        os._exit(1)
+
+
+def _uid_of(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+if __name__ == "__main__":
+    slot_main(json.loads(sys.argv[1]))
