@@ -296,3 +296,23 @@ def test_errors_name_the_fix(tmp_path):
                 "tags": ["x"],
             }
         )
+
+
+def test_card_shows_reward_hack_counts(run_dir, tmp_path):
+    """The verify stage counts `reward_hack: <kind>` apart from `failed`; the card must show those counts."""
+    import shutil
+
+    run = tmp_path / "demo"
+    shutil.copytree(run_dir, run)
+    manifest = store.read_manifest(run / "02-verify")
+    manifest["rejected_by_reason"] = {
+        **manifest["rejected_by_reason"],
+        "reward_hack: non_plain_return": 3,
+        "reward_hack: exit_before_tests": 1,
+    }
+    store.write_json_atomic(run / "02-verify" / "manifest.json", manifest)
+    text = cards.write_card(run, repo_id="my-org/demo").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `02-verify` |"))
+    assert "reward_hack: non_plain_return: 3" in row
+    assert "reward_hack: exit_before_tests: 1" in row
+    assert f"failed: {manifest['rejected_by_reason']['failed']}" in row

@@ -230,3 +230,40 @@ def test_decontaminate_against_the_validation_split(tmp_path):
     assert [r["id"] for r in store.load_table(tmp_path / "v" / "data").to_pylist()] == [train["id"]]
     with pytest.raises(UserError, match="needs the run's source"):
         verify.run(config, gens, tmp_path / "w", context=RunContext())
+
+
+def test_reward_hack_verdicts_get_their_own_reason(generations, tmp_path, monkeypatch):
+    """A verdict whose reason starts with `reward_hack: ` is rejected as `reward_hack: <kind>`, counted apart
+    from `failed` in the manifest. The verifier is plumbing: it flags one completion, grades the rest by math."""
+    from pipeline.verifiers import Verdict
+    from pipeline.verifiers.math import MathVerifier
+
+    class HackAware(MathVerifier):
+        def check(self, rows):
+            verdicts = super().check(rows)
+            return [
+                Verdict(False, 0.0, "reward_hack: non_plain_return: __eq__ always True")
+                if r["completion"] == "Eight, so the answer is 8."
+                else v
+                for r, v in zip(rows, verdicts, strict=True)
+            ]
+
+    monkeypatch.setattr(verify, "build_verifier", lambda name, **options: HackAware())
+    gens, _ = generations
+    out = tmp_path / "v"
+    manifest = verify.run(_config(verifiers=["math"]), gens, out, context=RunContext())
+    assert manifest["rejected_by_reason"] == {
+        "exact_duplicate": 1,
+        "failed": 4,
+        "reward_hack: non_plain_return": 1,
+        "unparseable": 1,
+    }
+    data, rejected, _ = _read(out)
+    hack = next(r for r in rejected if r["reject_reason"].startswith("reward_hack"))
+    assert (hack["teacher"], hack["passed"], hack["reason"]) == (
+        "t2",
+        False,
+        "reward_hack: non_plain_return: __eq__ always True",
+    )
+    assert manifest["stats"]["verdicts"]["failed"] == 5  # a hack is still a failed verdict
+    assert "reward_hack: non_plain_return 1" in verify.summary(manifest)

@@ -10,11 +10,16 @@ columns plus ``passed`` (bool, null = undecided), ``score``, ``verifier``, ``rea
 - ``near_duplicate_prompt``: the prompt is a near-duplicate of an earlier prompt (``dedup.over: prompt|both``);
 - ``failed`` / ``unparseable`` / ``unparseable_judgement`` / ``unverified``: the verifiers said no / found no
   answer to read / could not read the judge's verdict / could not decide (no tests, sandbox or engine error);
+- ``reward_hack: <kind>``: the verdict's reason starts with ``reward_hack: `` (e.g. the code verifier's
+  ``reward_hack: non_plain_return``): the answer games the checker; counted apart from ``failed``;
 - ``exact_duplicate`` / ``near_duplicate``: the completion repeats another accepted one of the same prompt;
 - ``not_selected``: ``select: best_of_n`` or ``first_pass`` kept another sample of the prompt.
 
-Verifiers run in the order given; each later one only sees the rows the earlier ones passed (so the critic
-judges only correct answers), and a row's verdict is that of the last verifier that ran on it.
+The stage is an ordered list of filter steps (``pipeline/filters/steps.py``), each returning keep + reason
+per row: decontaminate -> prompt dedup (over the whole dataset) -> each verifier -> completion exact dedup
+-> near dedup -> selection (per shard). Verifiers run in the order given; each later one only sees the rows
+the earlier ones passed (so the critic judges only correct answers), and a row's verdict is that of the last
+verifier that ran on it.
 
     distill verify --input runs/demo/01-generate --output runs/demo/02-verify --verifiers math
     distill verify --input gens.jsonl --output out/ --config verify.yaml --critic smollm2-135m-instruct --engine hf
@@ -34,14 +39,15 @@ import pyarrow as pa
 
 from pipeline import store, templates
 from pipeline.errors import UserError
+from pipeline.filters import steps
+from pipeline.filters.decontaminate import NgramIndex
 from pipeline.recipe import RunContext
+from pipeline.rows import prompt_of
 from pipeline.stages import input_ref, input_table, require_columns
-from pipeline.filters.decontaminate import NgramIndex, decontaminate
-from pipeline.filters.dedup import exact_dedup, minhash_dedup
 from pipeline.verifiers import Verdict, build_verifier
 
 STAGE = "verify"
-VERSION = "1"  # bump when the code changes what this stage writes
+VERSION = "2"  # bump when the code changes what this stage writes (2: reward_hack reasons)
 VERIFIERS = ("math", "code", "regex", "json_schema", "label", "critic")
 VERDICT_FIELDS = [
     ("passed", pa.bool_()),
@@ -150,14 +156,6 @@ class VerifyConfig:
 Config = VerifyConfig  # the name the recipe loader and the CLI look for
 
 
-def prompt_text(row: dict) -> str:
-    """The prompt as text: the ``prompt`` column, else the last user message."""
-    if row.get("prompt"):
-        return row["prompt"]
-    users = [m.get("content") or "" for m in row.get("messages") or [] if m.get("role") == "user"]
-    return users[-1] if users else ""
-
-
 def eval_texts(name: str, context: RunContext) -> list[str]:
     """Texts of one evaluation set named in ``decontaminate.against`` (prompts and references)."""
     if name == "humaneval":
@@ -183,7 +181,7 @@ def eval_texts(name: str, context: RunContext) -> list[str]:
             )
         rows = input_table(name).to_pylist()
     # Prompts and references are separate texts: a short item must match whole, without its answer glued on.
-    return [text for r in rows for text in (prompt_text(r), str(r.get("reference") or ""))]
+    return [text for r in rows for text in (prompt_of(r), str(r.get("reference") or ""))]
 
 
 def _eval_identity(name: str) -> dict:
@@ -262,40 +260,11 @@ def run(
     for i, rid in enumerate(ids):
         start_of.setdefault(rid, i)
 
-    # Whole-dataset decisions first: contamination (per row) and near-duplicate prompts.
-    pre_reject: list[str | None] = [None] * table.num_rows
-    prompts_col = [prompt_text(r) for r in table.select(_present(table, ["prompt", "messages"])).to_pylist()]
-    if config.decontaminate.against:
-        index = NgramIndex(
-            (t for name in config.decontaminate.against for t in eval_texts(name, context)),
-            n=config.decontaminate.ngram,
-            min_words=config.decontaminate.min_words,
-        )
-        completions = table.column("completion").to_pylist()
-        over = config.decontaminate.over
-        keep = [True] * table.num_rows
-        if over in ("prompt", "both"):  # each prompt once; its samples share the answer
-            prompt_keep, _ = decontaminate([prompts_col[start_of[r]] for r in prompt_ids], index)
-            clean = dict(zip(prompt_ids, prompt_keep, strict=True))
-            keep = [k and clean[rid] for k, rid in zip(keep, ids, strict=True)]
-        if over in ("completion", "both"):
-            keep = [a and b for a, b in zip(keep, decontaminate(completions, index)[0], strict=True)]
-        pre_reject = [None if k else "contaminated" for k in keep]
-    if config.dedup.over in ("prompt", "both"):
-        unique_prompts = [prompts_col[start_of[rid]] for rid in prompt_ids]
-        keep = [True] * len(prompt_ids)
-        if config.dedup.minhash_threshold is not None:
-            keep, _ = minhash_dedup(
-                unique_prompts, config.dedup.minhash_threshold, config.dedup.num_perm, config.dedup.shingle
-            )
-        elif config.dedup.exact:
-            keep, _ = exact_dedup(unique_prompts)
-        dropped = {rid for rid, k in zip(prompt_ids, keep, strict=True) if not k}
-        pre_reject = [
-            r or ("near_duplicate_prompt" if rid in dropped else None)
-            for r, rid in zip(pre_reject, ids, strict=True)
-        ]
-    table = table.append_column("_pre", pa.array(pre_reject, pa.string()))
+    # Whole-dataset steps first (decontamination, near-duplicate prompts): they need every prompt at once.
+    # Their reasons travel to the shards in `_pre`.
+    pre = steps.Batch(table.select(_present(table, ["id", "prompt", "messages", "completion"])).to_pylist())
+    steps.apply(dataset_steps(config, context), pre)
+    table = table.append_column("_pre", pa.array(pre.reject, pa.string()))
 
     ready = dict(engines or {})
     owned: dict = {}
@@ -328,7 +297,7 @@ def run(
             for i in range(start_of[rid], start_of[rid] + len(order[rid]))
         ]
         part = table.take(pa.array(rows_idx, pa.int64()))
-        return _verify_shard(part, built, config)
+        return _verify_shard(part, shard_steps(config, built), bool(config.verifiers))
 
     ids_table = pa.table({"id": pa.array(prompt_ids, pa.string())})
     n_shards = num_shards or store.default_num_shards(len(prompt_ids), config.shard_size)
@@ -353,125 +322,72 @@ def _present(table: pa.Table, names: list[str]) -> list[str]:
     return [n for n in names if n in table.column_names]
 
 
-def _verify_shard(part: pa.Table, verifiers: list, config: VerifyConfig) -> store.ShardOutput:
-    rows = (
-        part.drop_columns(["_pre"])
-        .select(
-            _present(
-                part,
-                [
-                    "id",
-                    "prompt",
-                    "messages",
-                    "reference",
-                    "meta",
-                    "completion",
-                    "teacher",
-                    "sample_index",
-                    "task",
-                ],
-            )
+def dataset_steps(config: VerifyConfig, context: RunContext) -> list:
+    """The filter steps that look at the whole dataset, in order."""
+    out: list = []
+    if config.decontaminate.against:
+        index = NgramIndex(
+            (t for name in config.decontaminate.against for t in eval_texts(name, context)),
+            n=config.decontaminate.ngram,
+            min_words=config.decontaminate.min_words,
         )
-        .to_pylist()
-    )
-    pre = part.column("_pre").to_pylist()
-    n = len(rows)
-    verdicts: list[Verdict] = [
-        Verdict(None, None, f"skipped: {p}") if p else Verdict(None, None, "") for p in pre
-    ]
-    decided_by: list[str | None] = [None] * n
-    todo = [i for i in range(n) if not pre[i]]
-    for verifier in verifiers:  # each later verifier only sees the rows the earlier ones passed
-        if not todo:
-            break
-        for i, v in zip(todo, verifier.check([rows[i] for i in todo]), strict=True):
-            verdicts[i] = v
-            decided_by[i] = verifier.name
-        todo = [i for i in todo if verdicts[i].passed is True]
-    if not verifiers:
-        for i in todo:
-            verdicts[i] = Verdict(None, None, "not_verified")
+        out.append(steps.Decontaminate(index, config.decontaminate.over))
+    if config.dedup.over in ("prompt", "both"):
+        d = config.dedup
+        out.append(steps.PromptDedup(d.minhash_threshold, d.num_perm, d.shingle, exact=d.exact))
+    return out
 
-    # Per-prompt teacher pass rates, from the verdicts (undecided samples count neither way).
-    stats_by_prompt: dict[str, dict[str, list[int]]] = {}
-    for i, row in enumerate(rows):
-        if verdicts[i].passed is None:
-            continue
-        per_teacher = stats_by_prompt.setdefault(row["id"], {})
-        counts = per_teacher.setdefault(row.get("teacher") or "teacher", [0, 0])
-        counts[0] += verdicts[i].passed is True
-        counts[1] += 1
-    rates, rates_by_teacher = [], []
-    for row in rows:
-        per_teacher = stats_by_prompt.get(row["id"], {})
-        passed = sum(c[0] for c in per_teacher.values())
-        total = sum(c[1] for c in per_teacher.values())
-        rates.append(passed / total if total else None)
-        rates_by_teacher.append(json.dumps({t: c[0] / c[1] for t, c in sorted(per_teacher.items())}))
 
-    # Reasons: pre-checks, then verdicts, then duplicates among the accepted samples of a prompt, then selection.
-    reject: list[str | None] = []
-    for i in range(n):
-        v = verdicts[i]
-        if pre[i]:
-            reject.append(pre[i])
-        elif not verifiers:
-            reject.append(None)
-        elif v.passed is True:
-            reject.append(None)
-        elif v.passed is False:
-            reject.append("failed")
-        else:
-            kind = v.reason.split(":", 1)[0]
-            reject.append(kind if kind in ("unparseable", "unparseable_judgement") else "unverified")
-    alive = [i for i in range(n) if reject[i] is None]
-    groups = [rows[i]["id"] for i in alive]
-    texts = [rows[i]["completion"] for i in alive]
-    if config.dedup.over in ("completion", "both") and alive:
-        if config.dedup.exact:
-            keep, _ = exact_dedup(texts, groups)
-            for i, k in zip(alive, keep, strict=True):
-                reject[i] = reject[i] or (None if k else "exact_duplicate")
-        if config.dedup.minhash_threshold is not None:
-            live = [j for j, i in enumerate(alive) if reject[i] is None]
-            keep, _ = minhash_dedup(
-                [texts[j] for j in live],
-                config.dedup.minhash_threshold,
-                config.dedup.num_perm,
-                config.dedup.shingle,
-                groups=[groups[j] for j in live],
-            )
-            for j, k in zip(live, keep, strict=True):
-                reject[alive[j]] = None if k else "near_duplicate"
+def shard_steps(config: VerifyConfig, verifiers: list) -> list:
+    """The filter steps that run inside a shard (all samples of its prompts), in order."""
+    out: list = [steps.Verify(v) for v in verifiers]
+    d = config.dedup
+    if d.over in ("completion", "both"):
+        if d.exact:
+            out.append(steps.CompletionExactDedup())
+        if d.minhash_threshold is not None:
+            out.append(steps.CompletionNearDedup(d.minhash_threshold, d.num_perm, d.shingle))
     if config.select != "all":
-        best: dict[str, int] = {}
-        for i in range(n):
-            if reject[i] is not None:
-                continue
-            rid = rows[i]["id"]
-            if rid not in best:
-                best[rid] = i
-            elif config.select == "best_of_n" and (verdicts[i].score or 0.0) > (
-                verdicts[best[rid]].score or 0.0
-            ):
-                best[rid] = i
-            elif config.select == "first_pass" and (rows[i].get("sample_index") or 0) < (
-                rows[best[rid]].get("sample_index") or 0
-            ):
-                best[rid] = i
-        chosen = set(best.values())
-        reject = [r if r is not None or i in chosen else "not_selected" for i, r in enumerate(reject)]
+        out.append(steps.Select(config.select))
+    return out
 
+
+def _verify_shard(part: pa.Table, shard: list, verified: bool) -> store.ShardOutput:
+    """Run the shard's steps; write verdicts and pass rates on every row, and split accepted / rejected."""
+    columns = [
+        "id",
+        "prompt",
+        "messages",
+        "reference",
+        "meta",
+        "completion",
+        "teacher",
+        "sample_index",
+        "task",
+    ]
+    pre = part.column("_pre").to_pylist()
+    batch = steps.Batch(
+        part.select(_present(part, columns)).to_pylist(),
+        reject=list(pre),
+        # Rows dropped before the shard keep the why in their verdict; with no verifier nothing is judged.
+        verdicts=[
+            Verdict(None, None, f"skipped: {p}" if p else "" if verified else "not_verified") for p in pre
+        ],
+    )
+    steps.apply(shard, batch)
+    rates, rates_by_teacher = _pass_rates(batch)
+
+    n, verdicts, reject = len(batch.rows), batch.verdicts, batch.reject
     out = part.drop_columns(["_pre"])
-    columns = {
+    new = {
         "passed": pa.array([v.passed for v in verdicts], pa.bool_()),
         "score": pa.array([v.score for v in verdicts], pa.float64()),
-        "verifier": pa.array([decided_by[i] for i in range(n)], pa.string()),
+        "verifier": pa.array(batch.decided_by, pa.string()),
         "reason": pa.array([v.reason for v in verdicts], pa.string()),
         "teacher_pass_rate": pa.array(rates, pa.float64()),
         "teacher_pass_rate_by_teacher": pa.array(rates_by_teacher, pa.string()),
     }
-    for name, col in columns.items():
+    for name, col in new.items():
         out = out.append_column(name, col)
     accepted = [i for i in range(n) if reject[i] is None]
     rejected = [i for i in range(n) if reject[i] is not None]
@@ -479,12 +395,10 @@ def _verify_shard(part: pa.Table, verifiers: list, config: VerifyConfig) -> stor
     rej = out.take(pa.array(rejected, pa.int64())).append_column(
         "reject_reason", pa.array([reject[i] for i in rejected], pa.string())
     )
-    by_reason: dict[str, int] = {}
-    for i in rejected:
-        by_reason[reject[i]] = by_reason.get(reject[i], 0) + 1
     decided = [v.passed for v, p in zip(verdicts, pre, strict=True) if not p]
+    rows = batch.rows
     stats = {
-        "rejected_by_reason": by_reason,
+        "rejected_by_reason": batch.counts(),
         "verdicts": {
             "passed": sum(p is True for p in decided),
             "failed": sum(p is False for p in decided),
@@ -494,6 +408,24 @@ def _verify_shard(part: pa.Table, verifiers: list, config: VerifyConfig) -> stor
         "prompts_with_a_pass": len({rows[i]["id"] for i in range(n) if verdicts[i].passed is True}),
     }
     return store.ShardOutput(data=data, rejected=rej, stats=stats)
+
+
+def _pass_rates(batch: steps.Batch) -> tuple[list[float | None], list[str]]:
+    """Per-prompt teacher pass rates from the verdicts (undecided samples count neither way), per row."""
+    per_prompt: dict[str, dict[str, list[int]]] = {}
+    for row, v in zip(batch.rows, batch.verdicts, strict=True):
+        if v.passed is None:
+            continue
+        counts = per_prompt.setdefault(row["id"], {}).setdefault(row.get("teacher") or "teacher", [0, 0])
+        counts[0] += v.passed is True
+        counts[1] += 1
+    rates, by_teacher = [], []
+    for row in batch.rows:
+        per_teacher = per_prompt.get(row["id"], {})
+        total = sum(c[1] for c in per_teacher.values())
+        rates.append(sum(c[0] for c in per_teacher.values()) / total if total else None)
+        by_teacher.append(json.dumps({t: c[0] / c[1] for t, c in sorted(per_teacher.items())}))
+    return rates, by_teacher
 
 
 def summary(manifest: dict) -> str:
