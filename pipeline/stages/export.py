@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from pipeline import store
 from pipeline.errors import UserError
+from pipeline.rows import messages_of
 from pipeline.stages import input_ref, input_table, require_columns
 from pipeline.stages.prompts import MESSAGES
 
@@ -206,12 +207,10 @@ def run(
 
 
 def _prompt(row: dict, include_system: bool = False) -> list[dict]:
-    messages = row.get("messages")
-    if messages:
-        out = [{"role": m["role"], "content": m["content"]} for m in messages]
-    else:
-        out = [{"role": "user", "content": row["prompt"]}]
-    if include_system and row.get("system") and out[0]["role"] != "system":
+    """The conversation before the answer (``pipeline.rows.messages_of``), with the teacher's system
+    prompt first when ``include_system`` asks for it and the row has none of its own."""
+    out = messages_of(row)
+    if include_system and row.get("system") and (not out or out[0]["role"] != "system"):
         out.insert(0, {"role": "system", "content": row["system"]})
     return out
 

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import ModelConfig, RunContext
+from pipeline.rows import messages_of
 from pipeline.stages import input_ref, input_table, require_columns
 from pipeline.stages.prompts import MESSAGES
 from pipeline.stages.prompts import SCHEMA as PROMPT_SCHEMA
@@ -109,10 +110,7 @@ def system_template_name(config: Config, task: str | None) -> str:
 
 def chat_messages(row: dict, system: str) -> list[dict]:
     """The conversation sent to the teacher: the row's turns, with our system prompt unless it has one."""
-    turns = row.get("messages") or []
-    if not turns and row.get("prompt"):
-        turns = [{"role": "user", "content": row["prompt"]}]
-    turns = [{"role": t["role"], "content": t["content"]} for t in turns]
+    turns = messages_of(row)
     if turns and turns[0]["role"] != "system" and system:
         turns = [{"role": "system", "content": system}] + turns
     return turns

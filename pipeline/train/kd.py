@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.errors import UserError
+from pipeline.rows import messages_of
 from pipeline.train.kd_loss import DIVERGENCES, topk_kd_loss
 
 
@@ -72,10 +73,6 @@ class KDConfig(SFTConfig):
             raise ValueError(f"ce_weight must be in [0, 1], got {self.ce_weight}")
 
 
-def _as_messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
 def _completion_text(completion) -> str:
     if isinstance(completion, str):
         return completion
@@ -84,9 +81,7 @@ def _completion_text(completion) -> str:
 
 def tokenize_row(row: dict, tokenizer, max_length: int | None) -> dict:
     """Prompt (chat template) + completion ids, aligned with the stored top-k; ``aligned=False`` if impossible."""
-    prompt_text = tokenizer.apply_chat_template(
-        _as_messages(row["prompt"]), add_generation_prompt=True, tokenize=False
-    )
+    prompt_text = tokenizer.apply_chat_template(messages_of(row), add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(_completion_text(row["completion"]), add_special_tokens=False)["input_ids"]
     topk_ids, topk_logprobs = row["topk_ids"] or [], row["topk_logprobs"] or []

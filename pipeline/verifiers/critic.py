@@ -16,6 +16,7 @@ import json
 import re
 
 from pipeline import templates
+from pipeline.rows import prompt_of
 from pipeline.verifiers import Verdict
 
 TEMPLATE = "critic.jinja"
@@ -65,13 +66,6 @@ def parse_judgement(text: str) -> tuple[float | None, str]:
     return score, " ".join(rationale.replace("*", "").split())
 
 
-def question_of(row: dict) -> str:
-    """The user's question: the last user message, else the prompt string."""
-    messages = row.get("messages") or []
-    users = [m.get("content") or "" for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else (row.get("prompt") or "")
-
-
 class CriticVerifier:
     """LLM-as-judge: ``engine.generate`` on the rendered rubric; pass when score >= ``threshold``."""
 
@@ -96,7 +90,7 @@ class CriticVerifier:
     def render(self, row: dict) -> str:
         reference = row.get("reference") if self.use_reference else None
         return templates.render(
-            self.template, question=question_of(row), answer=row.get("completion") or "", reference=reference
+            self.template, question=prompt_of(row), answer=row.get("completion") or "", reference=reference
         )
 
     def check(self, rows: list[dict]) -> list[Verdict]:

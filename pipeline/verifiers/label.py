@@ -10,10 +10,10 @@ whole completion, or its last line, or an "Answer: ..." / "Label: ..." line must
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 
+from pipeline.rows import meta_of
 from pipeline.verifiers import Verdict
 
 _ANSWER_LINE = re.compile(
@@ -43,13 +43,7 @@ class LabelVerifier:
         if reference is None or not normalize_label(str(reference)):
             return Verdict(None, None, "no_reference")
         gold = normalize_label(str(reference))
-        meta = row.get("meta") or {}
-        if isinstance(meta, str):
-            try:
-                meta = json.loads(meta) if meta.strip() else {}
-            except json.JSONDecodeError:
-                meta = {}
-        labels = (meta.get("labels") if isinstance(meta, dict) else None) or self.labels
+        labels = meta_of(row).get("labels") or self.labels
         answer = self.answer(row.get("completion") or "", labels)
         if answer.startswith("?"):
             return Verdict(None, None, answer[1:])

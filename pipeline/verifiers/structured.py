@@ -15,19 +15,10 @@ import re
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.rows import meta_of
 from pipeline.verifiers import Verdict
 
 _JSON_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
-
-
-def _meta(row: dict) -> dict:
-    meta = row.get("meta") or {}
-    if isinstance(meta, str):
-        try:
-            meta = json.loads(meta) if meta.strip() else {}
-        except json.JSONDecodeError:
-            return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 class RegexVerifier:
@@ -54,9 +45,9 @@ class RegexVerifier:
         verdicts = []
         for row in rows:
             pattern = self.pattern
-            if _meta(row).get("pattern"):
+            if meta_of(row).get("pattern"):
                 try:
-                    pattern = re.compile(_meta(row)["pattern"], self.flags)
+                    pattern = re.compile(meta_of(row)["pattern"], self.flags)
                 except re.error as e:  # a bad pattern in one row's data must not stop the run
                     verdicts.append(Verdict(None, None, f"bad_pattern: {e}"))
                     continue
@@ -124,7 +115,7 @@ class JsonSchemaVerifier:
         verdicts = []
         for row in rows:
             validator = default
-            row_schema = _meta(row).get("schema")
+            row_schema = meta_of(row).get("schema")
             if row_schema is not None:
                 try:
                     validator = self._validator(row_schema, "meta.schema")
