@@ -197,8 +197,10 @@ def test_code_verifier_in_the_stage(tmp_path):
     manifest = verify.run(config, path, tmp_path / "v", context=RunContext())
     data, rejected, _ = _read(tmp_path / "v")
     assert [(r["id"], r["sample_index"]) for r in data] == [("HumanEval/0", 0)]
-    assert manifest["rejected_by_reason"] == {"failed": 2}
-    assert sorted(r["reason"].split(":")[0] for r in rejected) == ["exited_early", "tests_failed"]
+    # Exiting before the tests run games the checker: its own reason, not a plain failure.
+    assert manifest["rejected_by_reason"] == {"failed": 1, "reward_hack: exited_early": 1}
+    assert sorted(r["reject_reason"] for r in rejected) == ["failed", "reward_hack: exited_early"]
+    assert sorted(r["reason"].split(":")[0] for r in rejected) == ["reward_hack", "tests_failed"]
 
 
 def test_cli(generations, tmp_path, capsys):
