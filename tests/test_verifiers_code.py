@@ -1,19 +1,19 @@
 """Code verifier on HumanEval: the 164 canonical solutions pass, broken ones fail; completion formats.
 
-.venv/bin/pytest tests/test_verifiers_code.py -q     # about 40 s on 2 cores; needs root (skips otherwise)
+Runs on each sandbox backend that works here (``namespaces`` as root, ``bwrap`` for anyone).
+
+.venv/bin/pytest tests/test_verifiers_code.py -q     # about 30 s on 2 cores
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from pipeline.verifiers import build_verifier
-from pipeline.verifiers.code import assemble_solution, build_program, code_candidates, humaneval_rows
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the code sandbox needs root")
+from pipeline.verifiers.code import Program, assemble_solution, build_program, code_candidates, humaneval_rows
+from pipeline.verifiers.sandbox import BACKENDS, backend_problem
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,11 @@ def rows():
     return humaneval_rows()
 
 
-@pytest.fixture(scope="module")
-def verifier():
-    return build_verifier("code", timeout_s=10.0)
+@pytest.fixture(scope="module", params=[b for b in BACKENDS if backend_problem(b) is None])
+def verifier(request):
+    verifier = build_verifier("code", timeout_s=10.0, backend=request.param)
+    yield verifier
+    verifier.close()
 
 
 def test_all_canonical_solutions_pass(rows, verifier):
@@ -78,7 +80,7 @@ def test_completion_formats(rows, verifier):
     )
     assert [v.passed for v in bad] == [False, False, False, False, None]
     assert bad[1].reason.startswith("syntax_error")
-    assert bad[2].reason.startswith("exited_early")
+    assert bad[2].reason == "reward_hack: exited_early"
     assert bad[4].reason.startswith("no_tests")
 
 
@@ -100,10 +102,12 @@ def test_program_assembly_is_plain_python():
         "completion": "    return x\n",
         "meta": {"test": "def check(f):\n    assert f(1) == 1", "entry_point": "f", "prompt": "def f(x):\n"},
     }
-    (solution, tests), problem = build_program(row)
+    program, problem = build_program(row)
     assert problem is None
-    assert solution == "def f(x):\n    return x\n"
-    assert tests.endswith("check(f)\n")
+    assert isinstance(program, Program)
+    assert program.solution == "def f(x):\n    return x\n"
+    assert program.tests.endswith("check(f)\n")
+    assert (program.entry_point, program.context) == ("f", "def f(x):\n")
     assert assemble_solution("no code at all here", "", None)[0] is None
     assert code_candidates("```python\nx = 1\n```\ntext\n```python\ny = 2\n```")[:2] == ["x = 1\n", "y = 2\n"]
 
@@ -115,5 +119,53 @@ def test_solution_cannot_rewrite_its_tests_and_demo_code_does_not_run(verifier):
     hacked, with_demo = verifier.check(
         [{"completion": rewrite, "meta": tests}, {"completion": demo, "meta": tests}]
     )
-    assert hacked.passed is False and hacked.reason.startswith("tests_failed")
+    # There is no tests.py to remove: the tests never touch the solution's filesystem.
+    assert hacked.passed is False and hacked.reason.startswith("exception: FileNotFoundError"), hacked
+    write_only = "open('tests.py', 'w').write('pass')\ndef add(a, b):\n    return 0\n"
+    (overwritten,) = verifier.check([{"completion": write_only, "meta": tests}])
+    assert overwritten.passed is False and overwritten.reason.startswith("tests_failed"), overwritten
     assert with_demo.passed is True, with_demo
+
+
+def test_exceptions_tuples_and_floats_cross_the_pipe(verifier):
+    """What tests compare must arrive as the same built-in types: tuples stay tuples, floats floats, and an
+    exception raised by the solution is raised, with its type, in the tests."""
+    solution = (
+        "def f(kind):\n"
+        "    if kind == 'raise':\n        raise ValueError('bad input')\n"
+        "    return {'t': (1, 2.5, None, True), 's': {1, 2}, 'b': b'x', 'd': {(1, 2): [3]}, 'n': float('nan'),\n"
+        "            'big': 10**30, 'c': 1+2j, 'fs': frozenset({3})}\n"
+    )
+    tests = (
+        "import math\n"
+        "def check(candidate):\n"
+        "    r = candidate('ok')\n"
+        "    assert r['t'] == (1, 2.5, None, True) and type(r['t']) is tuple\n"
+        "    assert isinstance(r['t'][0], int) and not isinstance(r['t'][0], bool) and r['t'][3] is True\n"
+        "    assert r['s'] == {1, 2} and r['b'] == b'x' and r['d'] == {(1, 2): [3]} and math.isnan(r['n'])\n"
+        "    assert r['big'] == 10**30 and r['c'] == 1+2j and type(r['fs']) is frozenset\n"
+        "    try:\n        candidate('raise')\n    except ValueError as e:\n        assert 'bad input' in str(e)\n"
+        "    else:\n        raise AssertionError('no exception')\n"
+    )
+    tuple_as_list = "def f(kind):\n    return [1, 2]\n"
+    list_tests = "def check(candidate):\n    assert candidate('x') == (1, 2)\n"
+    good, bad = verifier.check(
+        [
+            {"completion": solution, "meta": {"test": tests, "entry_point": "f"}},
+            {"completion": tuple_as_list, "meta": {"test": list_tests, "entry_point": "f"}},
+        ]
+    )
+    assert good.passed is True, good
+    assert bad.passed is False and bad.reason.startswith("tests_failed"), bad
+
+
+def test_function_arguments_are_undecidable_not_failed(verifier):
+    row = {
+        "completion": "def apply(f, x):\n    return f(x)\n",
+        "meta": {
+            "test": "def check(candidate):\n    assert candidate(abs, -1) == 1\n",
+            "entry_point": "apply",
+        },
+    }
+    (verdict,) = verifier.check([row])
+    assert verdict.passed is None and verdict.reason.startswith("unsupported"), verdict
