@@ -1,17 +1,17 @@
 """A row's prompt and meta, read one way everywhere: ``messages_of``, ``prompt_of``, ``meta_of``.
 
 Rows follow DESIGN.md's schemas: a prompt is the ``messages`` column (a chat list) or the ``prompt`` column
-(a string, or a chat list in TRL's conversational exports), and ``meta`` is a JSON string. The precedence,
-the same in every stage, verifier and trainer:
+(a string, or a chat list in TRL's conversational exports), and ``meta`` is a JSON string. A row may carry
+both, and then they mean different things: HumanEval rows keep the bare problem in ``prompt`` and the
+rendered instruction the teacher was sent in ``messages``. So, in every stage, verifier and trainer:
 
-1. ``messages``, when it is a non-empty list: it is what the teacher was sent (generate keeps every turn);
-2. else ``prompt``: a string is one user turn, a list is taken as the turns;
-3. else nothing (``[]`` / ``""``).
+- ``messages_of`` (the conversation): ``messages`` when it is a non-empty list, else ``prompt`` (a string
+  is one user turn, a list is taken as the turns), else ``[]``;
+- ``prompt_of`` (the problem as text, what dedup, decontamination and the critic compare): ``prompt`` when
+  it is a non-empty string, else the last user turn of ``messages_of``, else ``""``.
 
-``prompt_of`` is the text of the last user turn of those messages: the question the answer answers, which
-dedup, decontamination and the critic compare. Nothing here raises on messy rows: a JSON string that does
-not parse, a turn that is not a mapping or has no content, a ``meta`` that is not an object all read as
-empty.
+Nothing here raises on messy rows: a JSON string that does not parse, a turn that is not a mapping or has
+no content, a ``meta`` that is not an object all read as empty.
 
     from pipeline.rows import meta_of, messages_of, prompt_of
     prompt_of({"messages": [{"role": "user", "content": "2+2?"}]})   # "2+2?"
@@ -34,7 +34,10 @@ def messages_of(row: dict) -> list[dict]:
 
 
 def prompt_of(row: dict) -> str:
-    """The prompt as text: the last user turn of ``messages_of(row)``, else ``""``."""
+    """The prompt as text: the ``prompt`` string, else the last user turn of ``messages_of(row)``."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt
     users = [t["content"] for t in messages_of(row) if t["role"] == "user"]
     return users[-1] if users else ""
 

@@ -18,8 +18,9 @@ USER = {"role": "user", "content": "What is 2 + 2?"}
 ROWS = [
     ({"prompt": "What is 2 + 2?"}, [USER], "What is 2 + 2?"),
     ({"messages": [SYS, USER]}, [SYS, USER], "What is 2 + 2?"),
-    # Both columns: messages win (they are what the teacher was sent), for the text too.
-    ({"messages": [USER], "prompt": "Something else"}, [USER], "What is 2 + 2?"),
+    # Both columns (HumanEval: the bare problem + the rendered instruction): the conversation is the
+    # messages, the prompt text is the prompt column.
+    ({"messages": [USER], "prompt": "def f(x):"}, [USER], "def f(x):"),
     # Empty or null messages fall back to the prompt column.
     ({"messages": [], "prompt": "Q?"}, [{"role": "user", "content": "Q?"}], "Q?"),
     ({"messages": None, "prompt": "Q?"}, [{"role": "user", "content": "Q?"}], "Q?"),
