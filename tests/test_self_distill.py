@@ -223,7 +223,6 @@ def test_rewrite_prompt_is_pinned():
 
     text = templates.render("self_distill.jinja", question="What is 2 + 3?", answer="5")
     assert text == (
-        "Here is a question and a correct answer to it.\n\nQuestion: What is 2 + 3?\n\nAnswer: 5\n\n"
-        "Rewrite the answer in your own words. Keep every step correct and end with the same final answer. "
-        "Reply with the rewritten answer only, without a greeting, an introduction or a closing remark."
+        "Question: What is 2 + 3?\nReference answer: 5\n\n"
+        "Restate the reference answer in your own words. It must end with the same final result."
     )

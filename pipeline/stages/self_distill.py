@@ -19,7 +19,8 @@ A used rewrite gets its own `finish_reason` and `completion_tokens`; the teacher
 
 Input: verified rows (`verify` output) or any dataset with `messages`/`prompt` and `completion`.
 Output: the same rows with `completion` replaced by the rewrite where it passed, plus
-`original_completion`, `self_distilled` (bool), `self_distill_check` and `self_distill_verifier`.
+`original_completion`, `rewrite` (the cleaned rewrite, used or not), `self_distilled` (bool),
+`self_distill_check` and `self_distill_verifier`.
 
     distill self-distill --input runs/demo/02-verify --output runs/demo/03-self-distill --model smollm2-135m-instruct
 """
@@ -41,10 +42,11 @@ from pipeline.recipe import RunContext
 from pipeline.stages import input_ref, input_table, require_columns
 
 STAGE = "self-distill"
-VERSION = "2"
+VERSION = "2"  # 2: task verifiers, cleaned rewrites, fresh columns
 TEMPLATE = "self_distill.jinja"
 ADDED = [
     ("original_completion", pa.string()),
+    ("rewrite", pa.string()),
     ("self_distilled", pa.bool_()),
     ("self_distill_check", pa.string()),
     ("self_distill_verifier", pa.string()),
@@ -230,6 +232,7 @@ def run(
             row = {
                 **r,
                 "original_completion": r["completion"],
+                "rewrite": text,
                 "self_distilled": use,
                 "self_distill_check": check,
                 "self_distill_verifier": name,
