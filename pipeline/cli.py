@@ -248,7 +248,8 @@ def cmd_stage(args, stage: str, module, names: list[str]) -> int:
 def cmd_loop(args) -> int:
     from pipeline.loop import run_loop
 
-    overrides = {k: getattr(args, k) for k in ("iterations", "max_steps", "validation_n", "patience")}
+    names = ("iterations", "max_steps", "validation_n", "patience", "mine_n", "epochs", "method", "generator")
+    overrides = {k: getattr(args, k) for k in (*names, "teacher_budget_tokens")}
     summary = run_loop(
         args.recipe, run_dir=args.run_dir, overrides={k: v for k, v in overrides.items() if v is not None}
     )
@@ -258,6 +259,7 @@ def cmd_loop(args) -> int:
         )
     best = summary["best"]
     print(f"best: iteration {best['iteration']} ({best['val_accuracy']:.1%}), adapter {best['adapter']}")
+    print(f"generation tokens {summary['generation_tokens']}, wall {summary['wall_s']:.0f} s")
     return 0
 
 
@@ -379,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="training steps per round")
     p.add_argument("--validation-n", type=int, help="validation prompts")
     p.add_argument("--patience", type=int, help="rounds without improvement before stopping")
+    p.add_argument("--mine-n", type=int, help="training-split prompts the student is mined on")
+    p.add_argument("--epochs", type=float, help="epochs per round over all data so far")
+    p.add_argument("--method", choices=["targeted", "task", "random", "teacher"], help="regeneration method")
+    p.add_argument("--generator", choices=["teacher", "best"], help="who answers the new prompts")
+    p.add_argument("--teacher-budget-tokens", type=int, help="stop once generation used this many tokens")
     p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("train", help="train a LoRA student with TRL from a config YAML")

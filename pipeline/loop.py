@@ -1,28 +1,38 @@
-"""The performance-guided loop (PGKD): train -> evaluate -> mine -> regenerate -> generate -> verify -> export.
+"""The performance-guided loop (PGKD): train -> validate -> mine -> regenerate -> generate -> verify -> export.
 
     distill loop scripts/recipes/pgkd.yaml
 
-It first runs the recipe's stages (the base dataset), then iterates. Iteration k trains a fresh LoRA student
-on all the verified data so far, scores it on the validation split (`mine`), and, unless validation stopped
-improving (`patience`) or the teacher budget is spent, asks for new prompts shaped like the failures
-(`regenerate`), has the teacher answer them and keeps the verified answers. Iteration 0 is plain SFT on
-the base data, so the history shows what the targeted data added.
+It first runs the recipe's stages (the base dataset), then iterates. Round k trains a fresh LoRA student on
+all the verified data so far (a constant number of epochs; rows of later rounds repeated `new_weight`
+times) and scores it on the validation split, which only decides stopping (`patience`). The student is
+mined on a separate pool of training-split prompts (`mine_n`), so the stopping signal is not fitted.
+Unless validation stopped improving or the budget is spent, `regenerate` writes new problems aimed at the
+failures (`method: targeted`: the failed fact in new wordings and its neighbours; `random` is the control
+arm), the generator answers them with adaptive effort (the generate stage's `n` first, then up to
+`hard_samples` for prompts with fewer than `stop_at` verified answers), and the verified answers join the
+data. The generator is the teacher until the best student beats it on validation (`generator: best`), as in
+self-imitation rounds; every generated token counts against `teacher_budget_tokens`.
 
-Everything lives under `runs/<run>/loop/` (`validation/`, `iter_<k>/{train-data,train,mine,regenerate,
-generate,verify,export}/`, `iter_<k>/metrics.json`, `summary.json`); every step is a stage folder or a
-training manifest, so a killed loop resumes where it stopped.
+Everything lives under `runs/<run>/loop/`: `validation/`, `mine-pool/`, `teacher-validation.json`,
+`iter_<k>/{train-data,train,validate,mine,regenerate,generate,verify,generate-more,verify-more,export}/`,
+`iter_<k>/metrics.json` and `summary.json`. Every step is a stage folder or a training manifest, so a killed
+loop resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+import time
 from pathlib import Path
+
+import pyarrow as pa
 
 from pipeline import store
 from pipeline.config import from_dict
 from pipeline.errors import UserError
-from pipeline.recipe import LoopConfig, Recipe, load_recipe
+from pipeline.recipe import LoopConfig, ModelConfig, Recipe, load_recipe
 
 
 def _stage_config(recipe: Recipe, name: str):
@@ -34,13 +44,61 @@ def _stage_config(recipe: Recipe, name: str):
     return stage_module(name).Config()
 
 
+def _training_table(base: list[Path], new: list[Path], weight: int) -> pa.Table:
+    """All verified rows so far: duplicates across rounds dropped (same prompt, same answer), and each row
+    of a later round repeated `weight` times."""
+    seen: set[tuple[str, str]] = set()
+    parts = []
+    for folders, times in ((base, 1), (new, weight)):
+        for folder in folders:
+            table = store.load_table(folder)
+            keep = []
+            for i, (rid, messages) in enumerate(
+                zip(table.column("id").to_pylist(), table.column("messages").to_pylist(), strict=True)
+            ):
+                key = (rid, messages[-1]["content"].strip())
+                if key not in seen:
+                    seen.add(key)
+                    keep.append(i)
+            parts += [table.take(pa.array(keep, pa.int64()))] * times
+    return store.concat(parts)
+
+
+def _verified_counts(verify_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rid in store.load_table(verify_dir / "data").column("id").to_pylist():
+        counts[rid] = counts.get(rid, 0) + 1
+    return counts
+
+
+def _evaluate_teacher(recipe: Recipe, val_dir: Path, out: Path, loop: LoopConfig) -> float:
+    """The teacher's greedy validation accuracy, measured once: the bar the student must clear to generate."""
+    if out.exists():
+        return json.loads(out.read_text())["pass@1"]
+    from pipeline.stages import input_table
+    from pipeline.train.evaluate import evaluate
+
+    rows = input_table(val_dir).to_pylist()
+    result = evaluate(
+        recipe.teachers[0].model,
+        task=rows[0]["task"],
+        engine=loop.engine,
+        limit=None,
+        max_tokens=loop.max_tokens,
+        rows=rows,
+    )
+    result.pop("rows")
+    store.write_json_atomic(out, result)
+    return result["pass@1"]
+
+
 def run_loop(
     recipe_path: str | Path, run_dir: str | Path | None = None, overrides: dict | None = None, log=None
 ) -> dict:
     """Run the recipe, then the loop with the recipe's `loop:` settings (`overrides` win)."""
     from pipeline.runner import run_recipe, stage_dirs
     from pipeline.stages import export, generate, mine, prompts, regenerate, verify
-    from pipeline.train import run_training
+    from pipeline.train import merge_adapter, run_training
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     recipe = load_recipe(recipe_path)
@@ -52,82 +110,144 @@ def run_loop(
     if recipe.source.task is None or recipe.source.path:
         raise UserError("loop: the recipe's source must be a built-in task with a validation split")
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.run
+    t_start = time.perf_counter()
     run_recipe(recipe_path, run_dir=run_dir, log=log)
-    export_dirs = [d for name, d, _ in stage_dirs(recipe, run_dir) if name == "export"]
-    if not export_dirs:
+    dirs = {name: d for name, d, _ in stage_dirs(recipe, run_dir)}
+    if "export" not in dirs:
         raise UserError("loop: the recipe needs an export stage (its sft/ data is what round 0 trains on)")
     context = recipe.context(run_dir)
+    student_model = context.student.model  # the pruned copy when the recipe prunes the student
     loop_dir = run_dir / "loop"
+    val_dir, pool_dir = loop_dir / "validation", loop_dir / "mine-pool"
     val_source = dataclasses.replace(recipe.source, split="validation", n=loop.validation_n)
-    val_dir = loop_dir / "validation"
     prompts.run(prompts.Config(), None, val_dir, context=dataclasses.replace(context, source=val_source))
+    pool_source = dataclasses.replace(
+        recipe.source, split="train", n=loop.mine_n, seed=recipe.source.seed + 1
+    )
+    prompts.run(prompts.Config(), None, pool_dir, context=dataclasses.replace(context, source=pool_source))
+    teacher_acc = None
+    if loop.generator == "best":
+        teacher_acc = _evaluate_teacher(recipe, val_dir, loop_dir / "teacher-validation.json", loop)
+        log(f"[distill] loop: teacher validation accuracy {teacher_acc:.1%}")
 
-    sft_folders = [export_dirs[-1] / "data" / "sft"]
-    history, best, bad, tokens_used = [], None, 0, 0
+    gen_config = _stage_config(recipe, "generate")
+    base_sft = [dirs["export"] / "data" / "sft"]
+    new_sft: list[Path] = []
+    tokens_used = store.read_manifest(dirs["generate"])["tokens"]["completion"] if "generate" in dirs else 0
+    history, best, bad = [], None, 0
     for k in range(loop.iterations):
+        t_round = time.perf_counter()
         it = loop_dir / f"iter_{k}"
-        train_data = it / "train-data"
-        if not (train_data / "data" / "sft").exists():
-            table = store.concat([store.load_table(f) for f in sft_folders])
-            (train_data / "data").mkdir(parents=True, exist_ok=True)
-            store.save_table(table, train_data / "data" / "sft")
-        train_rows = store.load_table(train_data / "data" / "sft").num_rows
+        train_data = it / "train-data" / "data" / "sft"
+        if not train_data.exists():
+            store.save_table(_training_table(base_sft, new_sft, loop.new_weight), train_data)
+        train_rows = store.load_table(train_data).num_rows
+        adapter = it / "train" / "adapter"
         if not (it / "train" / "manifest.json").exists():
-            overrides = {
-                "dataset": str(train_data),
-                "output_dir": str(it / "train"),
-                "model": recipe.student.model,
-            }
+            train_overrides = {"dataset": str(it / "train-data"), "output_dir": str(it / "train")}
+            train_overrides["model"] = student_model
             if loop.max_steps is not None:
-                overrides["max_steps"] = loop.max_steps
+                train_overrides["max_steps"] = loop.max_steps
+            elif loop.epochs is not None:
+                train_overrides["num_train_epochs"] = loop.epochs
             log(f"[distill] loop {k}: training on {train_rows} rows")
-            run_training("sft", loop.train_config, overrides)
-        mined = mine.run(
-            mine.Config(
-                adapter=str(it / "train" / "adapter"), student_engine=loop.engine, max_tokens=loop.max_tokens
-            ),
-            val_dir,
-            it / "mine",
-            context=context,
+            run_training("sft", loop.train_config, train_overrides)
+        mine_config = mine.Config(
+            adapter=str(adapter), student_engine=loop.engine, max_tokens=loop.max_tokens
         )
-        acc = mined["student_accuracy"]
+        validated = mine.run(mine_config, val_dir, it / "validate", context=context)
+        acc = validated["student_accuracy"]
         improved = best is None or acc > best["val_accuracy"] + loop.min_delta
         metrics = {
             "iteration": k,
             "val_accuracy": acc,
             "train_rows": train_rows,
-            "hard_prompts": mined["rows_out"],
             "teacher_tokens": tokens_used,
-            "adapter": str(it / "train" / "adapter"),
+            "adapter": str(adapter),
         }
-        store.write_json_atomic(it / "metrics.json", metrics)
-        history.append(metrics)
-        log(f"[distill] loop {k}: validation accuracy {acc:.1%} ({mined['rows_out']} hard prompts)")
+        log(f"[distill] loop {k}: validation accuracy {acc:.1%} on {validated['rows_in']} prompts")
         if improved:
             best, bad = metrics, 0
         else:
             bad += 1
+        stop = None
         if bad >= loop.patience:
-            log(f"[distill] loop: no improvement for {bad} round(s); stopping")
+            stop = f"no improvement for {bad} round(s)"
+        elif k == loop.iterations - 1:
+            stop = "last iteration"
+        elif loop.teacher_budget_tokens is not None and tokens_used >= loop.teacher_budget_tokens:
+            stop = "teacher budget spent"
+        if stop is None:
+            mined = mine.run(mine_config, pool_dir, it / "mine", context=context)
+            metrics["hard_prompts"] = mined["rows_out"]
+            metrics["mine_accuracy"] = mined["student_accuracy"]
+            if mined["rows_out"] == 0:
+                stop = "the student solves every mined prompt"
+        if stop is not None:
+            metrics["round_s"] = round(time.perf_counter() - t_round, 1)
+            store.write_json_atomic(it / "metrics.json", metrics)
+            history.append(metrics)
+            log(f"[distill] loop: stopping ({stop})")
             break
-        if k == loop.iterations - 1 or mined["rows_out"] == 0:
-            break
-        if loop.teacher_budget_tokens is not None and tokens_used >= loop.teacher_budget_tokens:
-            log("[distill] loop: teacher budget spent; stopping")
-            break
+
         regenerate.run(
-            regenerate.Config(per_prompt=loop.per_prompt, seed=k),
+            regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method),
             it / "mine",
             it / "regenerate",
             context=context,
         )
-        gen = generate.run(
-            _stage_config(recipe, "generate"), it / "regenerate", it / "generate", context=context
-        )
+        generator_context = context
+        if teacher_acc is not None and best["val_accuracy"] > teacher_acc:
+            merged = it / "generator-model"
+            if not (merged / "config.json").exists():
+                merge_adapter(student_model, Path(best["adapter"]), merged)
+            engine = recipe.teachers[0].engine if recipe.teachers[0].engine != "openai" else "vllm"
+            generator_context = dataclasses.replace(
+                context, teachers=[ModelConfig(model=str(merged), engine=engine, name=f"student-{k}")]
+            )
+            metrics["generator"] = f"student of round {best['iteration']}"
+        else:
+            metrics["generator"] = "teacher"
+        log(f"[distill] loop {k}: {metrics['generator']} answers the new prompts")
+        gen_cfg = dataclasses.replace(gen_config, seed=gen_config.seed + 1000 * (k + 1))
+        gen = generate.run(gen_cfg, it / "regenerate", it / "generate", context=generator_context)
         tokens_used += gen["tokens"]["completion"]
         verify.run(_stage_config(recipe, "verify"), it / "generate", it / "verify", context=context)
-        export.run(export.Config(formats=["sft"]), it / "verify", it / "export", context=context)
-        sft_folders.append(it / "export" / "data" / "sft")
-    summary = {"best": best, "history": history, "stopped_after": len(history)}
+        verified = [it / "verify"]
+        more = loop.hard_samples - gen_cfg.n
+        counts = _verified_counts(it / "verify")
+        regenerated = store.load_table(it / "regenerate" / "data")
+        short = [
+            i
+            for i, rid in enumerate(regenerated.column("id").to_pylist())
+            if counts.get(rid, 0) < loop.stop_at
+        ]
+        if more > 0 and short:
+            store.save_table(regenerated.take(pa.array(short, pa.int64())), it / "hard-prompts" / "data")
+            more_cfg = dataclasses.replace(gen_cfg, n=more, seed=gen_cfg.seed + 1)
+            gen = generate.run(more_cfg, it / "hard-prompts", it / "generate-more", context=generator_context)
+            tokens_used += gen["tokens"]["completion"]
+            verify.run(
+                _stage_config(recipe, "verify"), it / "generate-more", it / "verify-more", context=context
+            )
+            verified.append(it / "verify-more")
+        for j, folder in enumerate(verified):
+            if store.read_manifest(folder)["rows_out"] == 0:
+                continue
+            out = it / ("export" if j == 0 else "export-more")
+            export.run(export.Config(formats=["sft"]), folder, out, context=context)
+            new_sft.append(out / "data" / "sft")
+        metrics["teacher_tokens"] = tokens_used
+        metrics["round_s"] = round(time.perf_counter() - t_round, 1)
+        store.write_json_atomic(it / "metrics.json", metrics)
+        history.append(metrics)
+    summary = {
+        "best": best,
+        "history": history,
+        "stopped_after": len(history),
+        "teacher_validation_accuracy": teacher_acc,
+        "generation_tokens": tokens_used,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
     store.write_json_atomic(loop_dir / "summary.json", summary)
     return summary

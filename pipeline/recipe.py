@@ -123,23 +123,52 @@ class StudentConfig:
 
 @dataclass
 class LoopConfig:
+    """The performance-guided loop (`distill loop`). Every lever is an option, so experiments can switch
+    each one off and compare at the same teacher budget."""
+
     iterations: int = field(
         default=3, metadata={"help": "most train/evaluate rounds (iteration 0 = plain SFT)"}
     )
-    patience: int = field(default=1, metadata={"help": "stop after this many rounds without improvement"})
+    patience: int = field(default=2, metadata={"help": "stop after this many rounds without improvement"})
     min_delta: float = field(default=0.0, metadata={"help": "smallest validation gain that counts"})
     validation_n: int = field(
-        default=100, metadata={"help": "validation prompts (the source's validation split)"}
+        default=200,
+        metadata={"help": "validation prompts (the source's validation split); they only decide stopping"},
+    )
+    mine_n: int = field(
+        default=200,
+        metadata={"help": "training-split prompts the student is mined on (kept apart from validation)"},
     )
     train_config: str = field(
         default="scripts/configs/sft.yaml", metadata={"help": "TRL SFT config of each round"}
     )
-    max_steps: int | None = field(
-        default=None, metadata={"help": "training steps per round (overrides the config)"}
+    epochs: float | None = field(
+        default=2.0, metadata={"help": "epochs per round over all data so far (constant across rounds)"}
     )
-    per_prompt: int = field(default=4, metadata={"help": "new prompts per hard validation prompt"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "training steps per round (overrides epochs)"}
+    )
+    method: Literal["targeted", "task", "random", "teacher"] = field(
+        default="targeted",
+        metadata={"help": "regeneration: targeted, task (same structure), random (control arm), teacher"},
+    )
+    per_prompt: int = field(default=4, metadata={"help": "new prompts per hard prompt"})
+    new_weight: int = field(
+        default=2, metadata={"help": "times each verified row of a later round is repeated in training"}
+    )
+    hard_samples: int = field(
+        default=16,
+        metadata={"help": "adaptive effort: most samples for a new prompt (first the generate stage's n)"},
+    )
+    stop_at: int = field(
+        default=2, metadata={"help": "adaptive effort: stop sampling a prompt once it has this many verified"}
+    )
+    generator: Literal["teacher", "best"] = field(
+        default="best",
+        metadata={"help": "best: once the best student beats the teacher on validation, it generates"},
+    )
     teacher_budget_tokens: int | None = field(
-        default=None, metadata={"help": "stop once regeneration used this many teacher tokens"}
+        default=None, metadata={"help": "stop once generation used this many tokens (base data included)"}
     )
     engine: Literal["hf", "vllm"] = field(
         default="hf", metadata={"help": "engine the student is evaluated on"}

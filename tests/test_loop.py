@@ -27,7 +27,7 @@ def _hard_prompts(tmp_path, n=3):
 
 def test_regenerate_task_method_makes_similar_training_problems(tmp_path):
     hard = _hard_prompts(tmp_path)
-    cfg = regenerate.Config(per_prompt=4, seed=1)
+    cfg = regenerate.Config(per_prompt=4, seed=1, method="task")
     manifest = regenerate.run(cfg, tmp_path / "mine", tmp_path / "regen", context=RunContext())
     new = store.load_table(tmp_path / "regen" / "data").to_pylist()
     assert manifest["config"]["method"] == "task" and 8 <= len(new) <= 12
@@ -82,7 +82,8 @@ stages:
   - generate: {n: 2, temperature: 0.8, max_tokens: 40, seed: 0}
   - verify: {verifiers: [math]}
   - export: {formats: [sft]}
-loop: {iterations: 2, patience: 5, validation_n: 8, max_steps: 2, per_prompt: 2, max_tokens: 40}
+loop: {iterations: 2, patience: 5, validation_n: 8, mine_n: 8, max_steps: 2, per_prompt: 2, max_tokens: 40,
+       hard_samples: 4, stop_at: 1}
 """
 
 
@@ -101,9 +102,49 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     mined = json.loads((run_dir / "loop" / "iter_0" / "mine" / "manifest.json").read_text())
     assert regen["rows_in"] == mined["rows_out"] > 0
     assert summary["history"][1]["train_rows"] >= summary["history"][0]["train_rows"]
+    first = summary["history"][0]
+    assert first["generator"] in ("teacher", "student of round 0")
+    assert summary["generation_tokens"] == first["teacher_tokens"] > 0
+    # mining runs on training-split prompts, never on the validation split that decides stopping
+    pool = {r["id"] for r in store.load_table(run_dir / "loop" / "mine-pool" / "data").to_pylist()}
+    val = {r["id"] for r in store.load_table(run_dir / "loop" / "validation" / "data").to_pylist()}
+    assert pool and not pool & val
     assert "iteration 1: validation accuracy" in r.stdout
     train_manifest = run_dir / "loop" / "iter_1" / "train" / "manifest.json"
     before = train_manifest.stat().st_mtime_ns
     r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert train_manifest.stat().st_mtime_ns == before, "a finished round is not trained again"
+
+
+def test_targeted_regeneration_aims_at_the_failed_fact_and_random_is_the_control(tmp_path):
+    hard = _hard_prompts(tmp_path, n=4)
+    targeted = regenerate.run(
+        regenerate.Config(per_prompt=6, seed=2), tmp_path / "mine", tmp_path / "t", context=RunContext()
+    )
+    assert targeted["config"]["method"] == "targeted"
+    new = store.load_table(tmp_path / "t" / "data").to_pylist()
+    val_prompts = {r["prompt"] for r in load_task("arithmetic", "validation", n=150)}
+    hard_terms = {
+        tuple(sorted(int(t) for t in json.loads(r["meta"])["expression"].split() if t.isdigit()))
+        for r in hard
+    }
+    same = 0
+    for r in new:
+        meta = json.loads(r["meta"])
+        assert meta["split"] == "train" and r["prompt"] not in val_prompts
+        assert str(eval(meta["expression"])) == r["reference"]  # noqa: S307 - our own digits
+        terms = tuple(sorted(int(t) for t in meta["expression"].split() if t.isdigit()))
+        same += terms in hard_terms
+        # every new problem is the failed fact or one operand away from it
+        assert any(sum(abs(a - b) for a, b in zip(terms, h, strict=True)) <= 2 for h in hard_terms), r[
+            "prompt"
+        ]
+    assert same >= len(hard)  # each failed fact comes back, in training wording
+    control = regenerate.run(
+        regenerate.Config(per_prompt=6, seed=2, method="random"),
+        tmp_path / "mine",
+        tmp_path / "c",
+        context=RunContext(),
+    )
+    assert control["rows_out"] == targeted["rows_out"] or abs(control["rows_out"] - targeted["rows_out"]) <= 4

@@ -1,11 +1,16 @@
 """The `regenerate` stage: new training prompts aimed at the student's failures (PGKD).
 
 Input: the hard prompts from `mine`. Output: a prompts dataset of new prompts modelled on them, ready for
-`generate -> verify -> export`. Two methods:
+`generate -> verify -> export`. Methods:
 
-- `task` (arithmetic): draw new problems with the same structure as each hard one (same operators, same
-  number of operations and digits) in the training wording. Their answers are exact, and the new questions
-  fall in the train split, so validation and test prompts never leak into training.
+- `targeted` (arithmetic; the default there): aim at the failure itself. The same operands in every training
+  wording first (and in swapped order for + and *), then neighbouring problems with one operand off by one.
+- `task` (arithmetic): new problems with the same structure as each hard one (same operators, same number
+  of operations and digits), new numbers.
+- `random` (arithmetic): the control arm. The same number of random training problems, unrelated to the
+  failures, so an experiment can tell "targeted" from "more data".
+  For all three the answers are exact, and the new questions fall in the train split, so validation and test
+  prompts never leak into training.
 - `teacher` (any task): the teacher writes new problems from prompts/regenerate.jinja, one per sample.
   They carry no reference answer, so verify them with a critic (or a verifier that needs none).
 
@@ -31,15 +36,21 @@ from pipeline.stages.prompts import SCHEMA
 from pipeline.tasks.ids import prompt_id
 
 STAGE = "regenerate"
-VERSION = "1"
+VERSION = "2"
 TEMPLATE = "regenerate.jinja"
+ARITHMETIC_METHODS = ("targeted", "task", "random")
 
 
 @dataclass
 class Config:
     per_prompt: int = field(default=4, metadata={"help": "new prompts per hard prompt"})
-    method: Literal["auto", "task", "teacher"] = field(
-        default="auto", metadata={"help": "task: the task's own generator; teacher: the teacher writes them"}
+    method: Literal["auto", "targeted", "task", "random", "teacher"] = field(
+        default="auto",
+        metadata={
+            "help": "targeted: same operands in new wordings + neighbours; task: same structure, new numbers; "
+            "random: unrelated training problems (control arm); teacher: the teacher writes them; "
+            "auto: targeted for arithmetic, else teacher"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed for new problems / teacher sampling"})
     temperature: float = field(default=1.0, metadata={"help": "teacher method: sampling temperature"})
@@ -70,10 +81,10 @@ def run(
     tasks = set(rows.column("task").to_pylist())
     method = config.method
     if method == "auto":
-        method = "task" if tasks == {"arithmetic"} else "teacher"
-    if method == "task" and tasks != {"arithmetic"}:
+        method = "targeted" if tasks == {"arithmetic"} else "teacher"
+    if method in ARITHMETIC_METHODS and tasks != {"arithmetic"}:
         raise UserError(
-            f"regenerate: method 'task' only knows arithmetic, not {sorted(tasks)}; use method: teacher"
+            f"regenerate: method '{method}' only knows arithmetic, not {sorted(tasks)}; use method: teacher"
         )
     if method == "teacher" and not context.teachers:
         raise UserError("regenerate: method 'teacher' needs a teacher; set `teacher:` or pass --teacher")
@@ -83,13 +94,16 @@ def run(
         "config": {**asdict(config), "method": method},
         "templates": {TEMPLATE: templates.template_hash(TEMPLATE)} if method == "teacher" else {},
         "inputs": [input_ref(input_dir)],
-        "models": {} if method == "task" else {"teacher": context.teachers[0].model},
+        "models": {} if method in ARITHMETIC_METHODS else {"teacher": context.teachers[0].model},
     }
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
 
     def work(shard: pa.Table, index: int) -> store.ShardOutput:
         hard = shard.to_pylist()
-        new = _from_task(hard, config) if method == "task" else _from_teacher(hard, config, context, engine)
+        if method in ARITHMETIC_METHODS:
+            new = _from_task(hard, config, method)
+        else:
+            new = _from_teacher(hard, config, context, engine)
         seen, unique, dups = set(), [], []
         for row in new:
             (dups if row["id"] in seen else unique).append(row)
@@ -103,13 +117,21 @@ def run(
     return store.run_sharded(st, rows, work, num_shards=num_shards or 1, shard_index=shard_index)
 
 
-def _from_task(hard: list[dict], config: Config) -> list[dict]:
-    from pipeline.tasks.arithmetic import similar
+def _from_task(hard: list[dict], config: Config, method: str) -> list[dict]:
+    from pipeline.tasks import arithmetic
 
     out = []
     for row in hard:
         rng = random.Random(f"{config.seed}:{row['id']}")
-        out += similar(json.loads(row["meta"]), config.per_prompt, rng)
+        meta = json.loads(row["meta"])
+        if method == "targeted":
+            out += arithmetic.variants(meta, config.per_prompt, rng)
+        elif method == "task":
+            out += arithmetic.similar(meta, config.per_prompt, rng)
+        else:  # random: as many training problems of the same difficulty, whatever the failure was
+            out += arithmetic.generate(
+                config.per_prompt, "train", seed=rng.randrange(2**31), ops=meta["ops"], digits=meta["digits"]
+            )
     return out
 
 

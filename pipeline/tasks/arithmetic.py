@@ -76,9 +76,71 @@ def similar(meta: dict, k: int, rng: random.Random) -> list[dict]:
     return _draw(k, rng, "train", "train", int(meta.get("digits", 1)), lambda: list(op_list), max_misses=2000)
 
 
+def _row(
+    terms: list[int], op_list: list[str], variant: int, name: str, split: str, phrasing: str, digits: int
+):
+    expression = _expression(terms, op_list)
+    question = templates.render(
+        f"tasks/arithmetic_{phrasing}.jinja",
+        expression=expression,
+        terms=terms,
+        ops=op_list,
+        variant=variant,
+        name=name,
+    )
+    meta = {
+        "expression": expression,
+        "split": split,
+        "ops": len(op_list),
+        "digits": digits,
+        "phrasing": phrasing,
+    }
+    return {
+        "id": prompt_id("arithmetic", question),
+        "task": "arithmetic",
+        "messages": [{"role": "user", "content": question}],
+        "prompt": question,
+        "reference": str(_evaluate_left_to_right(terms, op_list)),
+        "meta": json.dumps(meta),
+    }
+
+
+def variants(meta: dict, k: int, rng: random.Random) -> list[dict]:
+    """Up to k training problems aimed at the failure itself: first the same operands in every training
+    wording (and, for + and *, in swapped order), then neighbouring problems (one operand off by one).
+    Only questions whose text falls in the train split are returned, so evaluation prompts never leak."""
+    tokens = meta["expression"].replace("(", " ").replace(")", " ").split()
+    terms = [int(t) for t in tokens if t.lstrip("-").isdigit()]
+    op_list = [t for t in tokens if t in ("+", "-", "*")]
+    digits = int(meta.get("digits", 1))
+    lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    same = [terms]
+    if len(op_list) == 1 and op_list[0] in "+*":
+        same.append(terms[::-1])
+    near = []
+    for i in range(len(terms)):
+        for d in (-1, 1):
+            t = list(terms)
+            t[i] += d
+            if lo <= t[i] <= hi and not (len(op_list) == 1 and op_list[0] == "-" and t[0] < t[1]):
+                near.append(t)
+    rng.shuffle(near)
+    out, seen = [], set()
+    for group in (same, near):
+        candidates = [(t, v) for t in group for v in range(4)]
+        rng.shuffle(candidates)
+        for t, v in candidates:
+            row = _row(t, op_list, v + 4 * rng.randrange(250), rng.choice(NAMES), "train", "train", digits)
+            if row["prompt"] not in seen and _split_of(row["prompt"]) == "train":
+                seen.add(row["prompt"])
+                out.append(row)
+            if len(out) >= k:
+                return out
+    return out
+
+
 def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) -> list[dict]:
     """Draw n distinct questions of `split` (a question's split is a hash of its text)."""
-    template = f"tasks/arithmetic_{phrasing}.jinja"
     lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     rows, seen = [], set()
     misses = 0  # consecutive draws that gave nothing new: the split's question space is exhausted
@@ -96,33 +158,12 @@ def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) ->
         terms = [rng.randint(lo, hi) for _ in range(len(op_list) + 1)]
         if len(op_list) == 1 and op_list[0] == "-" and terms[0] < terms[1]:
             terms.reverse()  # keep one-step subtraction word problems non-negative
-        expression = _expression(terms, op_list)
-        variant = rng.randrange(1000)
-        question = templates.render(
-            template, expression=expression, terms=terms, ops=op_list, variant=variant, name=rng.choice(NAMES)
-        )
-        if question in seen or _split_of(question) != split:
+        row = _row(terms, op_list, rng.randrange(1000), rng.choice(NAMES), split, phrasing, digits)
+        if row["prompt"] in seen or _split_of(row["prompt"]) != split:
             continue
-        seen.add(question)
+        seen.add(row["prompt"])
         misses = 0
-        answer = _evaluate_left_to_right(terms, op_list)
-        meta = {
-            "expression": expression,
-            "split": split,
-            "ops": len(op_list),
-            "digits": digits,
-            "phrasing": phrasing,
-        }
-        rows.append(
-            {
-                "id": prompt_id("arithmetic", question),
-                "task": "arithmetic",
-                "messages": [{"role": "user", "content": question}],
-                "prompt": question,
-                "reference": str(answer),
-                "meta": json.dumps(meta),
-            }
-        )
+        rows.append(row)
     return rows
 
 

@@ -1,0 +1,190 @@
+"""Does performance-guided distillation (PGKD) beat single-pass distillation at the same teacher budget?
+
+    .venv/bin/python scripts/exp_pgkd.py                        # 3 seeds: loop, single-pass, random control
+    .venv/bin/python scripts/exp_pgkd.py --seeds 0 --ablations  # one seed, plus one row per lever switched off
+    .venv/bin/python scripts/exp_pgkd.py --quick                # a few minutes: tiny sizes, proves the plumbing
+
+Arms, per seed (the embedded SmolLM2-135M-Instruct is teacher and student, as in the quickstart):
+- `loop`: `distill loop` with the recipe's loop settings (targeted regeneration, adaptive effort, the best
+  student as generator once it beats the teacher, replay with weighting, mining apart from validation).
+- `single-pass`: the quickstart's plain recipe on as many training prompts as the loop's generation tokens
+  buy (the loop's tokens / the base run's tokens per prompt), trained for the same epochs.
+- `random`: the loop with `method: random` (as many new problems, unrelated to the failures): the control
+  arm that separates "targeted" from "more data".
+Each arm's final student is scored greedily on the test split (held-out wording). The script prints test
+accuracy as mean ± sd over seeds, generation tokens and wall time, and writes runs/exp_pgkd/results.json.
+Every arm is a run folder, so an interrupted experiment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "runs" / "exp_pgkd"
+ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+RECIPE = """run: {run}
+teacher: {{model: smollm2-135m-instruct, engine: vllm}}
+student: {{model: smollm2-135m-instruct}}
+source: {{task: arithmetic, n: {n}, seed: {seed}, split: train}}
+stages:
+  - generate: {{n: 4, temperature: 0.8, top_p: 0.95, max_tokens: 96, seed: {seed}}}
+  - verify: {{verifiers: [math], dedup: {{minhash_threshold: 0.9}}}}
+  - export: {{formats: [sft]}}
+loop: {loop}
+"""
+
+ABLATIONS = {  # one lever switched off per row
+    "loop (all levers)": {},
+    "- targeted regeneration (same structure, new numbers)": {"method": "task"},
+    "- adaptive effort (no extra samples for hard prompts)": {"hard_samples": 4},
+    "- student as generator (teacher only)": {"generator": "teacher"},
+    "- weighting of new rows (replay only)": {"new_weight": 1},
+    "- honest stopping (patience 1)": {"patience": 1},
+}
+
+
+def distill(*args: str) -> None:
+    t0 = time.perf_counter()
+    print(f"$ distill {' '.join(args)}", flush=True)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=ENV)
+    if r.returncode != 0:
+        sys.exit(f"distill {args[0]} failed (exit {r.returncode})")
+    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def write_recipe(folder: Path, run: str, n: int, seed: int, loop: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(RECIPE.format(run=run, n=n, seed=seed, loop=json.dumps(loop)))
+    return path
+
+
+def evaluate(adapter: str | None, out: Path, test_n: int) -> float:
+    if not out.exists():
+        args = ["eval", "smollm2-135m-instruct", "--task", "arithmetic", "--split", "test"]
+        args += ["--limit", str(test_n), "--max-tokens", "96", "--engine", "hf", "--output", str(out)]
+        distill(*(args + (["--adapter", adapter] if adapter else [])))
+    return json.loads(out.read_text())["pass@1"]
+
+
+def run_loop_arm(folder: Path, seed: int, loop: dict, test_n: int) -> dict:
+    recipe = write_recipe(folder, folder.name, loop.pop("_n"), seed, loop)
+    if not (folder / "run" / "loop" / "summary.json").exists():
+        distill("loop", str(recipe), "--run-dir", str(folder / "run"))
+    summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
+    best = summary["best"]
+    return {
+        "test": evaluate(best["adapter"], folder / "test.json", test_n),
+        "val": best["val_accuracy"],
+        "tokens": summary["generation_tokens"],
+        "wall_s": summary["wall_s"],
+        "rounds": summary["stopped_after"],
+    }
+
+
+def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: int, loop: dict, test_n: int):
+    """Plain distillation with as many prompts as `tokens` buys, trained for the loop's epochs."""
+    base = json.loads((base_run / "01-generate" / "manifest.json").read_text())
+    per_prompt = base["tokens"]["completion"] / n0
+    n = max(n0, round(tokens / per_prompt))
+    recipe = write_recipe(folder, folder.name, n, seed, {})
+    t0 = time.perf_counter()
+    run = folder / "run"
+    if not (run / "train" / "manifest.json").exists():
+        distill("run", str(recipe), "--run-dir", str(run))
+        config = yaml.safe_load((REPO / "scripts" / "configs" / "sft.yaml").read_text())
+        config.update(dataset=str(run / "03-export"), output_dir=str(run / "train"))
+        config["num_train_epochs"] = loop.get("epochs", 2.0)
+        if "max_steps" in loop:
+            config["max_steps"] = loop["max_steps"]
+        (folder / "sft.yaml").write_text(yaml.safe_dump(config))
+        distill("train", "sft", str(folder / "sft.yaml"))
+        (folder / "wall_s").write_text(str(round(time.perf_counter() - t0, 1)))
+    tokens_used = json.loads((run / "01-generate" / "manifest.json").read_text())["tokens"]["completion"]
+    return {
+        "test": evaluate(str(run / "train" / "adapter"), folder / "test.json", test_n),
+        "tokens": tokens_used,
+        "wall_s": float((folder / "wall_s").read_text()),
+        "prompts": n,
+    }
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--n", type=int, default=240, help="base training prompts (4 samples each)")
+    ap.add_argument("--test-n", type=int, default=200, help="test problems per evaluation")
+    ap.add_argument(
+        "--ablations", action="store_true", help="also one loop per lever switched off (first seed)"
+    )
+    ap.add_argument("--no-control", action="store_true", help="skip the random-regeneration control arm")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the plumbing")
+    args = ap.parse_args()
+    loop = {"iterations": 3}
+    if args.quick:
+        args.n, args.test_n = 16, 16
+        loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
+    out = OUT / ("quick" if args.quick else "full")
+    results: dict = {"base": evaluate(None, out / "base-test.json", args.test_n), "seeds": {}}
+    for seed in args.seeds:
+        arms = {}
+        arms["loop"] = run_loop_arm(out / f"loop-s{seed}", seed, {**loop, "_n": args.n}, args.test_n)
+        base_run = out / f"loop-s{seed}" / "run"
+        if not args.no_control:
+            arms["random"] = run_loop_arm(
+                out / f"random-s{seed}", seed, {**loop, "method": "random", "_n": args.n}, args.test_n
+            )
+        arms["single-pass"] = run_single_pass(
+            out / f"single-s{seed}", seed, arms["loop"]["tokens"], base_run, args.n, loop, args.test_n
+        )
+        results["seeds"][seed] = arms
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    if args.ablations:
+        seed = args.seeds[0]
+        results["ablations"] = {
+            name: run_loop_arm(
+                out / f"ablation-{i}-s{seed}", seed, {**loop, **change, "_n": args.n}, args.test_n
+            )
+            for i, (name, change) in enumerate(ABLATIONS.items())
+        }
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    seeds = list(results["seeds"])
+    print(f"\nTest accuracy on {args.test_n} held-out-wording problems (greedy), seeds {seeds}")
+    print(f"base model: {100 * results['base']:.1f}%\n")
+    print("| arm | test accuracy % (mean ± sd) | generation tokens (mean) | wall min (mean) |")
+    print("|---|---|---|---|")
+    for arm in ("single-pass", "loop", "random"):
+        rows = [results["seeds"][s][arm] for s in seeds if arm in results["seeds"][s]]
+        if rows:
+            tok = statistics.mean(r["tokens"] for r in rows)
+            wall = statistics.mean(r["wall_s"] for r in rows) / 60
+            print(f"| {arm} | {mean_sd([r['test'] for r in rows])} | {tok:,.0f} | {wall:.1f} |")
+    if "ablations" in results:
+        print(f"\nAblations (seed {args.seeds[0]}): one lever switched off per row")
+        print("| loop | test accuracy % | validation % | generation tokens | rounds |")
+        print("|---|---|---|---|---|")
+        for name, r in results["ablations"].items():
+            print(
+                f"| {name} | {100 * r['test']:.1f} | {100 * r['val']:.1f} | {r['tokens']:,} | {r['rounds']} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
