@@ -132,7 +132,7 @@ class LoopConfig:
     patience: int = field(default=2, metadata={"help": "stop after this many rounds without improvement"})
     min_delta: float = field(default=0.0, metadata={"help": "smallest validation gain that counts"})
     validation_n: int = field(
-        default=200,
+        default=150,
         metadata={"help": "validation prompts (the source's validation split); they only decide stopping"},
     )
     mine_n: int = field(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,8 +79,13 @@ def evaluate(adapter: str | None, out: Path, test_n: int) -> float:
     return json.loads(out.read_text())["pass@1"]
 
 
-def run_loop_arm(folder: Path, seed: int, loop: dict, test_n: int) -> dict:
+def run_loop_arm(folder: Path, seed: int, loop: dict, test_n: int, base_run: Path | None = None) -> dict:
     recipe = write_recipe(folder, folder.name, loop.pop("_n"), seed, loop)
+    if base_run is not None and not (folder / "run").exists():
+        # The same recipe stages as `base_run`: share its base dataset instead of generating it again (the
+        # stage fingerprints match, so the loop sees finished stages).
+        for stage in sorted(base_run.glob("0[0-9]-*")):
+            shutil.copytree(stage, folder / "run" / stage.name)
     if not (folder / "run" / "loop" / "summary.json").exists():
         distill("loop", str(recipe), "--run-dir", str(folder / "run"))
     summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
@@ -129,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, default=240, help="base training prompts (4 samples each)")
-    ap.add_argument("--test-n", type=int, default=200, help="test problems per evaluation")
+    ap.add_argument("--test-n", type=int, default=175, help="test problems (175: all single-digit ones)")
     ap.add_argument(
         "--ablations", action="store_true", help="also one loop per lever switched off (first seed)"
     )
@@ -147,9 +153,8 @@ def main() -> None:
         arms["loop"] = run_loop_arm(out / f"loop-s{seed}", seed, {**loop, "_n": args.n}, args.test_n)
         base_run = out / f"loop-s{seed}" / "run"
         if not args.no_control:
-            arms["random"] = run_loop_arm(
-                out / f"random-s{seed}", seed, {**loop, "method": "random", "_n": args.n}, args.test_n
-            )
+            control = {**loop, "method": "random", "_n": args.n}
+            arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run)
         arms["single-pass"] = run_single_pass(
             out / f"single-s{seed}", seed, arms["loop"]["tokens"], base_run, args.n, loop, args.test_n
         )
@@ -157,6 +162,7 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2))
     if args.ablations:
         seed = args.seeds[0]
+        base_run = out / f"loop-s{seed}" / "run"
         results["ablations"] = {
             name: run_loop_arm(
                 out / f"ablation-{i}-s{seed}", seed, {**loop, **change, "_n": args.n}, args.test_n

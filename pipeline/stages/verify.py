@@ -112,6 +112,12 @@ class CodeOptions:
     timeout_s: float = field(default=10.0, metadata={"help": "wall-clock seconds per program"})
     memory_mb: int = field(default=1024, metadata={"help": "address-space limit per program"})
     workers: int | None = field(default=None, metadata={"help": "programs in parallel (default: cores)"})
+    backend: Literal["bwrap", "namespaces"] | None = field(
+        default=None,
+        metadata={
+            "help": "sandbox: bwrap (rootless) or namespaces (root only); default: the first that works"
+        },
+    )
 
 
 @dataclass
@@ -220,9 +226,14 @@ def run(
                 "recipe, or pass --critic MODEL"
             )
     if "code" in config.verifiers:
-        from pipeline.verifiers.sandbox import check_available
+        from pipeline.verifiers.sandbox import backend_problem, check_available
 
         problem = check_available()
+        if config.code.backend and not problem and backend_problem(config.code.backend):
+            problem = (
+                f"code.backend {config.code.backend} does not work here ({backend_problem(config.code.backend)}); "
+                "leave code.backend unset to use the one that works"
+            )
         if problem:
             raise UserError(f"verify: {problem}")
 
