@@ -139,6 +139,16 @@ class LoopConfig:
         default=200,
         metadata={"help": "training-split prompts the student is mined on (kept apart from validation)"},
     )
+    validation_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "user data (required there): a file of validation prompts in the source's columns; "
+            "the student is then mined on the source rows themselves"
+        },
+    )
+    regenerate_temperature: float = field(
+        default=0.7, metadata={"help": "method teacher: sampling temperature of the teacher writing problems"}
+    )
     train_config: str = field(
         default="scripts/configs/sft.yaml", metadata={"help": "TRL SFT config of each round"}
     )
@@ -171,7 +181,8 @@ class LoopConfig:
         default=None, metadata={"help": "stop once generation used this many tokens (base data included)"}
     )
     engine: Literal["hf", "vllm"] = field(
-        default="hf", metadata={"help": "engine the student is evaluated on"}
+        default="vllm",
+        metadata={"help": "engine the student is evaluated on (vllm: the adapter is merged first)"},
     )
     max_tokens: int = field(default=128, metadata={"help": "most new tokens per student answer"})
 

@@ -74,7 +74,7 @@ def write_recipe(folder: Path, run: str, n: int, seed: int, loop: dict) -> Path:
 def evaluate(adapter: str | None, out: Path, test_n: int) -> float:
     if not out.exists():
         args = ["eval", "smollm2-135m-instruct", "--task", "arithmetic", "--split", "test"]
-        args += ["--limit", str(test_n), "--max-tokens", "96", "--engine", "hf", "--output", str(out)]
+        args += ["--limit", str(test_n), "--max-tokens", "96", "--engine", "vllm", "--output", str(out)]
         distill(*(args + (["--adapter", adapter] if adapter else [])))
     return json.loads(out.read_text())["pass@1"]
 
