@@ -77,13 +77,13 @@ RECIPE = """
 run: loop
 teacher: {model: smollm2-135m-instruct, engine: hf}
 student: {model: smollm2-135m-instruct}
-source: {task: arithmetic, n: 8, seed: 0}
+source: {task: arithmetic, n: 6, seed: 0}
 stages:
-  - generate: {n: 2, temperature: 0.8, max_tokens: 40, seed: 0}
+  - generate: {n: 2, temperature: 0.8, max_tokens: 32, seed: 0}
   - verify: {verifiers: [math]}
   - export: {formats: [sft]}
-loop: {iterations: 2, patience: 5, validation_n: 8, mine_n: 8, max_steps: 2, per_prompt: 2, max_tokens: 40,
-       hard_samples: 4, stop_at: 1}
+loop: {iterations: 2, patience: 5, validation_n: 6, mine_n: 6, max_steps: 2, per_prompt: 2, max_tokens: 32,
+       hard_samples: 4, stop_at: 1, engine: hf}
 """
 
 
@@ -91,7 +91,7 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     recipe = tmp_path / "loop.yaml"
     recipe.write_text(RECIPE)
     run_dir = tmp_path / "run"
-    r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=900)
+    r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "loop" / "summary.json").read_text())
     assert [m["iteration"] for m in summary["history"]] == [0, 1]
@@ -148,3 +148,25 @@ def test_targeted_regeneration_aims_at_the_failed_fact_and_random_is_the_control
         context=RunContext(),
     )
     assert control["rows_out"] == targeted["rows_out"] or abs(control["rows_out"] - targeted["rows_out"]) <= 4
+
+
+def test_rounds_merge_without_duplicates_and_weight_new_rows(tmp_path):
+    from pipeline.loop import _training_table
+
+    def sft(folder, rows):
+        table = pa.Table.from_pylist(
+            [
+                {"id": rid, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                for rid, q, a in rows
+            ]
+        )
+        store.save_table(table, tmp_path / folder)
+        return tmp_path / folder
+
+    base = sft("base", [("a", "1+1?", "2"), ("b", "2+2?", "4")])
+    new = sft("new", [("a", "1+1?", "2 "), ("c", "3+3?", "6"), ("c", "3+3?", "Answer: 6")])
+    table = _training_table([base], [new], weight=3)
+    pairs = [(r["id"], r["messages"][-1]["content"]) for r in table.to_pylist()]
+    assert pairs.count(("a", "2")) == 1  # the same answer again in a later round is not new data
+    assert pairs.count(("c", "6")) == 3 and pairs.count(("c", "Answer: 6")) == 3
+    assert table.num_rows == 2 + 2 * 3
