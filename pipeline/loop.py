@@ -13,6 +13,11 @@ arm), the generator answers them with adaptive effort (the generate stage's `n` 
 data. The generator is the teacher until the best student beats it on validation (`generator: best`), as in
 self-imitation rounds; every generated token counts against `teacher_budget_tokens`.
 
+Any task works with `method: teacher`: the teacher writes each new problem with its answer (the reference a
+fresh sample must then agree with in verify; label answers must be in verify's `label.labels`). User data
+(`source: {path: ...}`) has no built-in splits: `loop.validation_path` names the validation file, and the
+student is mined on the source rows themselves.
+
 Everything lives under `runs/<run>/loop/`: `validation/`, `mine-pool/`, `teacher-validation.json`,
 `iter_<k>/{train-data,train,validate,mine,regenerate,generate,verify,generate-more,verify-more,export}/`,
 `iter_<k>/metrics.json` and `summary.json`. Every step is a stage folder or a training manifest, so a killed
@@ -107,8 +112,17 @@ def run_loop(
         loop = from_dict(LoopConfig, {**dataclasses.asdict(loop), **overrides}, "loop")
     if recipe.student is None:
         raise UserError("loop: the recipe needs `student:` (the model the loop trains)")
-    if recipe.source.task is None or recipe.source.path:
-        raise UserError("loop: the recipe's source must be a built-in task with a validation split")
+    user_data = recipe.source.path is not None or recipe.source.dataset is not None
+    if user_data and not loop.validation_path:
+        raise UserError(
+            "loop: user data has no validation split; set loop.validation_path to a file of validation "
+            "prompts with the source's columns"
+        )
+    if not user_data and loop.validation_path:
+        raise UserError(
+            f"loop.validation_path is for user data; the built-in task '{recipe.source.task}' has its own "
+            "validation split, remove validation_path"
+        )
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.run
     t_start = time.perf_counter()
     run_recipe(recipe_path, run_dir=run_dir, log=log)
@@ -119,11 +133,17 @@ def run_loop(
     student_model = context.student.model  # the pruned copy when the recipe prunes the student
     loop_dir = run_dir / "loop"
     val_dir, pool_dir = loop_dir / "validation", loop_dir / "mine-pool"
-    val_source = dataclasses.replace(recipe.source, split="validation", n=loop.validation_n)
+    if user_data:  # validation from its own file; mining on the training rows themselves
+        val_source = dataclasses.replace(
+            recipe.source, path=loop.validation_path, dataset=None, n=loop.validation_n
+        )
+        pool_source = dataclasses.replace(recipe.source, n=min(recipe.source.n or loop.mine_n, loop.mine_n))
+    else:
+        val_source = dataclasses.replace(recipe.source, split="validation", n=loop.validation_n)
+        pool_source = dataclasses.replace(
+            recipe.source, split="train", n=loop.mine_n, seed=recipe.source.seed + 1
+        )
     prompts.run(prompts.Config(), None, val_dir, context=dataclasses.replace(context, source=val_source))
-    pool_source = dataclasses.replace(
-        recipe.source, split="train", n=loop.mine_n, seed=recipe.source.seed + 1
-    )
     prompts.run(prompts.Config(), None, pool_dir, context=dataclasses.replace(context, source=pool_source))
     teacher_acc = None
     if loop.generator == "best":
@@ -190,12 +210,22 @@ def run_loop(
             log(f"[distill] loop: stopping ({stop})")
             break
 
-        regenerate.run(
-            regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method),
-            it / "mine",
-            it / "regenerate",
-            context=context,
-        )
+        regen_config = regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method)
+        if loop.method == "teacher":  # the teacher writes problems and answers; label answers must be labels
+            labels = _stage_config(recipe, "verify").label.get("labels")
+            regen_config = dataclasses.replace(
+                regen_config, temperature=loop.regenerate_temperature, labels=labels
+            )
+        regen = regenerate.run(regen_config, it / "mine", it / "regenerate", context=context)
+        tokens_used += regen["tokens"]["completion"]
+        metrics["new_prompts"] = regen["rows_out"]
+        if regen["rows_out"] == 0:  # every reply went to regenerate/rejected: nothing to answer this round
+            log(f"[distill] loop {k}: regenerate wrote no new prompts ({regen['rejected_by_reason']})")
+            metrics["teacher_tokens"] = tokens_used
+            metrics["round_s"] = round(time.perf_counter() - t_round, 1)
+            store.write_json_atomic(it / "metrics.json", metrics)
+            history.append(metrics)
+            continue
         generator_context = context
         if teacher_acc is not None and best["val_accuracy"] > teacher_acc:
             merged = it / "generator-model"

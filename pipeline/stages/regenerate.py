@@ -11,8 +11,17 @@ Input: the hard prompts from `mine`. Output: a prompts dataset of new prompts mo
   failures, so an experiment can tell "targeted" from "more data".
   For all three the answers are exact, and the new questions fall in the train split, so validation and test
   prompts never leak into training.
-- `teacher` (any task): the teacher writes new problems from prompts/regenerate.jinja, one per sample.
-  They carry no reference answer, so verify them with a critic (or a verifier that needs none).
+- `teacher` (any task): the teacher is shown each hard prompt, its reference and the student's wrong answer
+  (`student_completion`, from `mine`), and writes a new problem plus its answer (prompts/regenerate.jinja:
+  `Problem: ...` / `Answer: ...`), one per sample. The written answer becomes the new row's `reference`.
+  It is only a claim: the `generate -> verify` that follows keeps a row's answers only where a fresh,
+  independent sample agrees with that reference (the second sample must agree), so a wrong teacher answer
+  yields no training data. With a label set (`labels`, else the hard row's `meta.labels`) the answer must
+  be one of the labels (case and punctuation normalized) and is stored in the set's spelling. A reply that
+  yields no row goes to `rejected/` with its raw text in `reply` and a reason: `no_problem`, `no_answer`,
+  `unknown_label`, `copies_hard_prompt` (a hard prompt again), `duplicate_prompt` or `teacher_error`.
+  New rows keep the task and carry `meta.modelled_on` (the hard prompt's id), `meta.method` and the hard
+  row's `verifier` and `labels`; the manifest counts the teacher's tokens and `stats.teacher_replies`.
 
     distill regenerate --input runs/demo/loop/iter_0/mine --output runs/demo/loop/iter_0/regenerate --per-prompt 4
 """
@@ -31,6 +40,7 @@ import pyarrow as pa
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
+from pipeline.rows import meta_of, prompt_of
 from pipeline.stages import input_ref, input_table, require_columns
 from pipeline.stages.prompts import SCHEMA
 from pipeline.tasks.ids import prompt_id
@@ -55,10 +65,24 @@ class Config:
     seed: int = field(default=0, metadata={"help": "seed for new problems / teacher sampling"})
     temperature: float = field(default=1.0, metadata={"help": "teacher method: sampling temperature"})
     max_tokens: int = field(default=128, metadata={"help": "teacher method: most tokens per new problem"})
+    labels: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "teacher method: the allowed answers of a label task (default: hard rows' meta.labels)"
+        },
+    )
 
     def validate(self, path: str) -> None:
         if self.per_prompt < 1:
             raise UserError(f"{path}.per_prompt must be at least 1")
+
+
+def _fingerprint_config(config: Config, method: str) -> dict:
+    """The config in the fingerprint: `labels` only when set, so runs from before it existed still resume."""
+    out = {**asdict(config), "method": method}
+    if out["labels"] is None:
+        del out["labels"]
+    return out
 
 
 def run(
@@ -91,7 +115,7 @@ def run(
     parts = {
         "stage": STAGE,
         "version": VERSION,
-        "config": {**asdict(config), "method": method},
+        "config": _fingerprint_config(config, method),
         "templates": {TEMPLATE: templates.template_hash(TEMPLATE)} if method == "teacher" else {},
         "inputs": [input_ref(input_dir)],
         "models": {} if method in ARITHMETIC_METHODS else {"teacher": context.teachers[0].model},
@@ -100,19 +124,25 @@ def run(
 
     def work(shard: pa.Table, index: int) -> store.ShardOutput:
         hard = shard.to_pylist()
+        failed: list[dict] = []
+        stats: dict = {}
         if method in ARITHMETIC_METHODS:
             new = _from_task(hard, config, method)
         else:
-            new = _from_teacher(hard, config, context, engine)
+            new, failed, stats = _from_teacher(hard, config, context, engine)
         seen, unique, dups = set(), [], []
         for row in new:
             (dups if row["id"] in seen else unique).append(row)
             seen.add(row["id"])
-        rejected = pa.Table.from_pylist(
-            [{**r, "reject_reason": "duplicate_prompt"} for r in dups],
-            schema=SCHEMA.append(pa.field("reject_reason", pa.string())),
+        rejected = [{**r, "reject_reason": "duplicate_prompt"} for r in dups] + failed
+        schema = (
+            REJECTED_SCHEMA if method == "teacher" else SCHEMA.append(pa.field("reject_reason", pa.string()))
         )
-        return store.ShardOutput(data=pa.Table.from_pylist(unique, schema=SCHEMA), rejected=rejected)
+        return store.ShardOutput(
+            data=pa.Table.from_pylist(unique, schema=SCHEMA),  # a teacher row's `reply` stays out
+            rejected=pa.Table.from_pylist(rejected, schema=schema),
+            stats=stats,
+        )
 
     return store.run_sharded(st, rows, work, num_shards=num_shards or 1, shard_index=shard_index)
 
@@ -135,58 +165,150 @@ def _from_task(hard: list[dict], config: Config, method: str) -> list[dict]:
     return out
 
 
-_PROBLEM = re.compile(r"(?:^|\n)\s*(?:new\s+)?problem\s*:\s*(.+)", re.IGNORECASE | re.DOTALL)
+REJECTED_SCHEMA = SCHEMA.append(pa.field("reject_reason", pa.string())).append(pa.field("reply", pa.string()))
+TEACHER_REASONS = ("no_problem", "no_answer", "unknown_label", "copies_hard_prompt", "teacher_error")
+
+# Field names as small models write them: "Problem:", "New problem:", "**Problem 1:**", "The answer is:".
+_PROBLEM = re.compile(r"\bproblem\b[*_ \t]*(?:\d+[*_ \t]*)?:", re.IGNORECASE)
+_ANSWER_NAME = r"(?:final\s+|correct\s+)?answer\b(?:\s+is)?[*_ \t]*:"
+_ANSWER = re.compile(r"\b" + _ANSWER_NAME, re.IGNORECASE)  # inline: "Problem: 2 + 3? Answer: 5"
+_ANSWER_LINE = re.compile(r"^[*_#> \t]*" + _ANSWER_NAME, re.IGNORECASE | re.MULTILINE)
+_END_OF_PROBLEM = re.compile(r"^\W*(?:solution|explanation|reasoning)\b", re.IGNORECASE | re.MULTILINE)
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
 
 
-def parse_problem(text: str) -> str | None:
-    """The new problem in a teacher's reply: the text after 'Problem:', else the first non-empty line."""
-    m = _PROBLEM.search(text or "")
-    body = (m.group(1) if m else text or "").strip().split("\n\n")[0]
-    body = body.strip().strip('"').strip()
-    return body if len(body) >= 8 else None
+def _clean(text: str) -> str:
+    """Strip whitespace, markdown emphasis and a pair of quotes around the whole text."""
+    text = text.strip().strip("*").strip()
+    if len(text) >= 2 and text[0] in "\"'“`" and text[-1] in "\"'”`":
+        text = text[1:-1].strip()
+    return text
 
 
-def _from_teacher(hard: list[dict], config: Config, context: RunContext, engine) -> list[dict]:
+def parse_reply(text: str | None) -> tuple[str | None, str | None]:
+    """The (problem, answer) in a teacher's reply; None for a part that is not there.
+
+    The problem is the text after 'Problem:' (without that marker: the reply, minus preamble paragraphs
+    ending in ':'), up to 'Answer:' (only at a line start when there is no marker), a blank line or a
+    'Solution:' line, and at least 8 characters. The answer is the first non-empty line after that
+    'Answer:'."""
+    text = (text or "").replace("\r\n", "\n")
+    marker = _PROBLEM.search(text)
+    rest = text[marker.end() :] if marker else text
+    # Without a 'Problem:' marker only an 'Answer:' line counts: "The right answer is: x" is no problem.
+    answer_at = (_ANSWER if marker else _ANSWER_LINE).search(rest)
+    paragraphs = [p for p in _PARAGRAPH.split(rest[: answer_at.start()] if answer_at else rest) if p.strip()]
+    while not marker and paragraphs and paragraphs[0].rstrip().endswith(":"):
+        paragraphs.pop(0)  # "Sure! Here is a new problem:"
+    body = paragraphs[0] if paragraphs else ""
+    end = _END_OF_PROBLEM.search(body)
+    problem = _clean(body[: end.start()] if end else body)
+    answer = None
+    if answer_at:
+        lines = [line for line in rest[answer_at.end() :].split("\n") if _clean(line)]
+        answer = _clean(lines[0]) if lines else None
+    return (problem if len(problem) >= 8 else None), answer
+
+
+def parse_problem(text: str | None) -> str | None:
+    """The new problem in a teacher's reply (see `parse_reply`)."""
+    return parse_reply(text)[0]
+
+
+def _labels(row: dict, config: Config) -> list[str] | None:
+    labels = config.labels or meta_of(row).get("labels")
+    return [str(label) for label in labels] if isinstance(labels, list) and labels else None
+
+
+def _as_label(answer: str, labels: list[str]) -> str | None:
+    """The label the answer is, in the label set's spelling (case and punctuation do not matter)."""
+    from pipeline.verifiers.label import normalize_label
+
+    return {normalize_label(label): label for label in labels}.get(normalize_label(answer))
+
+
+def _from_teacher(
+    hard: list[dict], config: Config, context: RunContext, engine
+) -> tuple[list[dict], list[dict], dict]:
+    """New rows from the teacher's replies, the replies that gave none (with a reason), and token stats."""
     from pipeline.engines import GenRequest
 
+    requests = [
+        GenRequest(
+            id=row["id"],
+            messages=[
+                {
+                    "role": "user",
+                    "content": templates.render(
+                        TEMPLATE,
+                        problem=prompt_of(row),
+                        reference=row.get("reference") or "",
+                        wrong_answer=(row.get("student_completion") or "").strip()[:1000],
+                        labels=_labels(row, config) or [],
+                    ),
+                }
+            ],
+            n=config.per_prompt,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            seed=config.seed,
+        )
+        for row in hard
+    ]
     owned = None
     if engine is None:
         from pipeline.stages.generate import load_teacher
 
         engine = owned = load_teacher(context.teachers[0])
     try:
-        requests = [
-            GenRequest(
-                id=row["id"],
-                messages=[{"role": "user", "content": templates.render(TEMPLATE, problem=row["prompt"])}],
-                n=config.per_prompt,
-                temperature=config.temperature,
-                max_tokens=config.max_tokens,
-                seed=config.seed,
-            )
-            for row in hard
-        ]
         results = engine.generate(requests)
     finally:
         if owned is not None:
             owned.close()
-    out = []
+    new, failed = [], []
+    tokens = {"prompt": 0, "completion": 0}
+    hard_ids = {prompt_id(row["task"], prompt_of(row)) for row in hard}
     for row, res in zip(hard, results, strict=True):
-        for sample in res.samples:
-            problem = parse_problem(sample.text)
-            if problem is None:
-                continue
-            out.append(
+        hard_meta = meta_of(row)
+        meta = {"modelled_on": row["id"], "method": "teacher"}
+        meta.update({k: hard_meta[k] for k in ("verifier", "labels") if k in hard_meta})
+        labels = _labels(row, config)
+        tokens["prompt"] += res.prompt_tokens
+        if res.error or not res.samples:
+            failed.append(
                 {
-                    "id": prompt_id(row["task"], problem),
                     "task": row["task"],
-                    "messages": [{"role": "user", "content": problem}],
-                    "prompt": problem,
-                    "reference": None,
-                    "meta": json.dumps({"modelled_on": row["id"], "method": "teacher"}),
+                    "meta": json.dumps(meta),
+                    "reject_reason": "teacher_error",
+                    "reply": res.error or "the engine returned no samples",
                 }
             )
-    return out
+        for sample in res.samples:
+            tokens["completion"] += sample.completion_tokens
+            problem, answer = parse_reply(sample.text)
+            reason = None
+            if problem is None:
+                reason = "no_problem"
+            elif answer is None:
+                reason = "no_answer"
+            elif labels and _as_label(answer, labels) is None:
+                reason = "unknown_label"
+            elif prompt_id(row["task"], problem) in hard_ids:
+                reason = "copies_hard_prompt"
+            item = {
+                "id": prompt_id(row["task"], problem) if problem else None,
+                "task": row["task"],
+                "messages": [{"role": "user", "content": problem}] if problem else None,
+                "prompt": problem,
+                "reference": (_as_label(answer, labels) if labels and reason is None else answer),
+                "meta": json.dumps(meta),
+                "reply": sample.text,
+            }
+            if reason is None:
+                new.append(item)
+            else:
+                failed.append({**item, "reject_reason": reason})
+    return new, failed, {"tokens": tokens, "teacher_replies": sum(len(r.samples) for r in results)}
 
 
 def summary(manifest: dict) -> str:
