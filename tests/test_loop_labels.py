@@ -172,6 +172,7 @@ def _recipe(tmp_path, **loop) -> str:
         "stop_at": 1,
         "method": "teacher",
         "generator": "teacher",
+        "engine": "hf",  # the student is evaluated with HF generate: no vLLM start-up for four prompts
         "validation_path": str(val),
         **loop,
     }
