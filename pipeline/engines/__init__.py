@@ -24,6 +24,9 @@ class GenRequest:
     stop: list[str] | None = None
     seed: int | None = None
     logprobs: int = 0  # top-k logprobs per completion token (0 = none, at most 20)
+    adapter: str | None = (
+        None  # a LoRA adapter folder to answer with (vllm: an engine built with enable_lora)
+    )
 
 
 @dataclass

@@ -120,9 +120,12 @@ def teacher_identity(tc: ModelConfig) -> dict:
     options = {k: v for k, v in tc.engine_options().items() if k not in RUNTIME_OPTIONS}
     if tc.engine == "openai":  # the model lives behind the server: its name and URL are all we know
         return {"engine": "openai", "model": tc.served_model_name or tc.model, "options": options}
-    from pipeline.models import resolve
+    from pipeline.models import resolve, weights_hash
 
-    return {"engine": tc.engine, "identity": resolve(tc.model, tc.revision).identity, "options": options}
+    identity = {"engine": tc.engine, "identity": resolve(tc.model, tc.revision).identity, "options": options}
+    if tc.adapter:
+        identity["adapter"] = weights_hash(Path(tc.adapter))
+    return identity
 
 
 def load_teacher(tc: ModelConfig):
@@ -211,7 +214,10 @@ def run(
             part = shard.filter(pc.equal(shard.column("teacher"), label))
             engine = engine_for(label)
             t0 = time.perf_counter()
-            data, rejected, teacher_stats = _generate(engine, part.to_pylist(), config, system_texts, bar)
+            adapter = by_label[label].adapter if hasattr(engine, "lora_request") else None
+            data, rejected, teacher_stats = _generate(
+                engine, part.to_pylist(), config, system_texts, bar, adapter
+            )
             teacher_stats["generate_s"] = time.perf_counter() - t0
             datas.append(data)
             rejects.append(rejected)
@@ -292,8 +298,9 @@ def _text(value) -> str:
     )
 
 
-def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar) -> tuple:
-    """Answer one teacher's rows: (accepted table, rejected table, stats)."""
+def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar, adapter=None) -> tuple:
+    """Answer one teacher's rows: (accepted table, rejected table, stats). ``adapter``: a LoRA folder the
+    engine applies per request (vllm)."""
     from pipeline.engines import GenRequest
 
     stats = {"rows": 0, "samples": 0, "prompt_tokens": 0, "completion_tokens": 0, "rejected_by_reason": {}}
@@ -317,6 +324,7 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar)
                 stop=config.stop,
                 seed=row["seed"],
                 logprobs=config.logprobs,
+                adapter=adapter,
             )
         )
         served.append(row)
