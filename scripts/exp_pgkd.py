@@ -50,7 +50,9 @@ ABLATIONS = {  # one lever switched off per row
     "- targeted regeneration (same structure, new numbers)": {"method": "task"},
     "- adaptive effort (no extra samples for hard prompts)": {"hard_samples": 4},
     "- student as generator (teacher only)": {"generator": "teacher"},
-    "- weighting of new rows (replay only)": {"new_weight": 1},
+    "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
+    "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
+    "- weighting of new rows": {"new_weight": 1},
     "- honest stopping (patience 1)": {"patience": 1},
 }
 

@@ -101,7 +101,10 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     regen = json.loads((run_dir / "loop" / "iter_0" / "regenerate" / "manifest.json").read_text())
     mined = json.loads((run_dir / "loop" / "iter_0" / "mine" / "manifest.json").read_text())
     assert regen["rows_in"] == mined["rows_out"] > 0
-    assert summary["history"][1]["train_rows"] >= summary["history"][0]["train_rows"]
+    # round 1 keeps training round 0's student (warm start) on the new rows plus replayed old ones
+    second = json.loads((run_dir / "loop" / "iter_1" / "train" / "manifest.json").read_text())
+    assert second["config"]["adapter"] == summary["history"][0]["adapter"]
+    assert summary["history"][1]["train_rows"] > 0
     first = summary["history"][0]
     assert first["generator"] in ("teacher", "student of round 0")
     assert summary["generation_tokens"] == first["teacher_tokens"] > 0
