@@ -90,7 +90,13 @@ def merge(stage_dir: str | Path, keep_failed: bool = False) -> dict:
     manifest = store.read_manifest(stage_dir)
     if manifest is not None:
         return manifest
-    st, progress = _open_stage(stage_dir)
+    try:
+        st, progress = _open_stage(stage_dir)
+    except UserError:
+        manifest = store.read_manifest(stage_dir)  # the last array task merged it a moment ago
+        if manifest is not None:
+            return manifest
+        raise
     missing = [i for i in st.pending(progress["num_shards"]) if not (keep_failed and st.shard_retry(i))]
     if missing:
         shown = ", ".join(map(str, missing[:10]))
