@@ -5,6 +5,8 @@
     distill prompts --task arithmetic --n 200 --output out/00-prompts
     distill generate --input out/00-prompts --output out/01-generate --n 4 --temperature 0.8
     distill merge out/01-generate                       # join shards that ran separately
+    distill generate ... --executor ray                 # shards on a Ray cluster (or: slurm)
+    distill retry out/01-generate                       # redo rows that failed for a transient reason
     distill train sft scripts/configs/sft.yaml          # LoRA training from a TRL config
     distill eval smollm2-135m-instruct --task arithmetic --split test
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.errors import RetryPending, UserError
 
 STAGES = ("prompts", "generate", "verify", "mine", "regenerate", "self-distill", "export")
 
@@ -99,10 +101,66 @@ def _yaml_scalar(text: str):
 # --------------------------------------------------------------------------- commands
 
 
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """--executor and its options (pipeline/executors.py); they override a recipe's `executor:`."""
+    from pipeline.executors import ExecutorConfig
+
+    g = p.add_argument_group("where shards run")
+    g.add_argument(
+        "--executor",
+        choices=["local", "ray", "slurm"],
+        help="local (default: this process), ray (a Ray cluster) or slurm (an array job through submitit)",
+    )
+    g.add_argument("--address", dest="ex_address", help="ray: cluster address to join (default: start one)")
+    g.add_argument("--workers", dest="ex_workers", type=int, help="ray: engine-holding actors")
+    g.add_argument("--partition", dest="ex_partition", help="slurm: partition")
+    g.add_argument("--account", dest="ex_account", help="slurm: account")
+    g.add_argument("--time-min", dest="ex_time_min", type=int, help="slurm: minutes per array task")
+    g.add_argument("--gpus-per-task", dest="ex_gpus_per_task", type=int, help="slurm: GPUs per array task")
+    g.add_argument(
+        "--no-wait",
+        dest="ex_wait",
+        action="store_false",
+        default=None,
+        help="slurm: print the job id and return; `distill merge` finishes the stage later",
+    )
+    g.add_argument(
+        "--slurm-cluster",
+        dest="ex_cluster",
+        choices=["slurm", "local"],
+        help="slurm: `local` runs the array with submitit's local executor (no Slurm needed)",
+    )
+    p.set_defaults(_executor_fields=[f.name for f in dataclasses.fields(ExecutorConfig)])
+
+
+def executor_from_args(args, base=None):
+    """The executor the flags ask for, on top of a recipe's `executor:` (None: local)."""
+    from pipeline.config import from_dict, to_dict
+    from pipeline.executors import build_executor
+
+    settings = to_dict(base) if base is not None else {}
+    if getattr(args, "executor", None):
+        settings["kind"] = args.executor
+    for name in getattr(args, "_executor_fields", []):
+        value = getattr(args, f"ex_{name}", None)
+        if value is not None:
+            settings[name] = value
+    if not settings or settings.get("kind", "local") == "local":
+        if any(k != "kind" for k in settings) and base is None:
+            flags = ", ".join("--" + k.replace("_", "-") for k in settings if k != "kind")
+            raise UserError(f"{flags} need --executor ray or --executor slurm")
+        return None
+    from pipeline.executors import ExecutorConfig
+
+    return build_executor(from_dict(ExecutorConfig, settings, "executor"))
+
+
 def cmd_run(args) -> int:
+    from pipeline.recipe import load_recipe
     from pipeline.runner import run_recipe
 
-    result = run_recipe(args.recipe, run_dir=args.run_dir, overwrite=args.overwrite)
+    executor = executor_from_args(args, load_recipe(args.recipe).executor)
+    result = run_recipe(args.recipe, run_dir=args.run_dir, overwrite=args.overwrite, executor=executor)
     print(f"run:    {result['run_dir']}\ncard:   {result['card']}\nreport: {result['report']}")
     return 0
 
@@ -125,8 +183,19 @@ def cmd_status(args) -> int:
 def cmd_merge(args) -> int:
     from pipeline.runner import merge
 
-    manifest = merge(args.stage_dir)
+    manifest = merge(args.stage_dir, keep_failed=args.keep_failed)
     print(f"{args.stage_dir}: {manifest['rows_out']} rows, {manifest['shards']} shards merged")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from pipeline.runner import retry
+
+    manifest = retry(args.stage_dir, executor=executor_from_args(args))
+    if manifest is None:
+        print(f"{args.stage_dir}: submitted; `distill merge {args.stage_dir}` when the jobs are done")
+        return 0
+    print(f"{args.stage_dir}: complete, {manifest['rows_out']} rows")
     return 0
 
 
@@ -139,7 +208,10 @@ def _context_from_args(args, stage: str):
     for i, spec in enumerate(getattr(args, "teacher", None) or []):
         options = {"model": spec, "engine": args.engine}
         if args.base_url:
-            options["base_url"] = args.base_url
+            options["base_url"] = args.base_url[0] if len(args.base_url) == 1 else args.base_url
+        for key in ("concurrency", "max_retries", "served_model_name"):
+            if getattr(args, key, None) is not None:
+                options[key] = getattr(args, key)
         teachers.append(from_dict(ModelConfig, options, f"--teacher[{i}]"))
     critic_spec = getattr(args, "critic", None)
     critic = (
@@ -213,8 +285,20 @@ def make_stage_command(sub, stage: str):
         p.add_argument(
             "--engine", default="vllm", choices=["vllm", "openai", "hf"], help="engine for --teacher/--critic"
         )
-        p.add_argument("--base-url", help="openai engine: server URL")
+        p.add_argument(
+            "--base-url",
+            nargs="+",
+            help="openai engine: server URL(s), e.g. http://127.0.0.1:8000/v1; several spread the requests",
+        )
+        p.add_argument(
+            "--concurrency", type=int, help="openai engine: requests in flight per server (default: 64)"
+        )
+        p.add_argument(
+            "--max-retries", type=int, help="openai engine: retries of a 5xx/429/timeout (default: 6)"
+        )
+        p.add_argument("--served-model-name", help="openai engine: the model name the server expects")
         names = add_config_flags(p, module.Config)
+    add_executor_flags(p)
     p.set_defaults(func=lambda args: cmd_stage(args, stage, module, names))
 
 
@@ -226,15 +310,24 @@ def cmd_stage(args, stage: str, module, names: list[str]) -> int:
     config = from_dict(module.Config, settings, f"{stage} config")
     context = _context_from_args(args, stage)
     input_path = None if stage == "prompts" else args.input
-    manifest = module.run(
+    executor = executor_from_args(args)
+    if executor is not None and args.shard_index is not None:
+        raise UserError("--shard-index runs one shard here; drop it to let --executor run the shards")
+    from pipeline.runner import run_stage
+
+    manifest = run_stage(
+        stage,
         config,
         input_path,
         args.output,
-        context=context,
+        context,
+        executor=executor,
         num_shards=args.num_shards,
         shard_index=args.shard_index,
         overwrite=args.overwrite,
     )
+    if manifest is None and executor is not None:
+        return 0  # submitted without waiting; the executor said how to finish
     if manifest is None:
         print(
             f"{args.output}: shard {args.shard_index} done; other shards remain (then `distill merge {args.output}`)"
@@ -358,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML, e.g. scripts/recipes/quickstart.yaml")
     p.add_argument("--run-dir", help="output folder (default: runs/<recipe run name>)")
     p.add_argument("--overwrite", action="store_true", help="replace stages whose settings changed")
+    add_executor_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="show each stage of a run: complete, partial or missing")
@@ -367,7 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="join the shards of a stage that ran as separate --shard-index jobs")
     p.add_argument("stage_dir")
+    p.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="finish even though some rows failed for a transient reason (they go to rejected/)",
+    )
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "retry", help="redo what an unfinished stage owes: shards not run, rows that failed transiently"
+    )
+    p.add_argument("stage_dir")
+    add_executor_flags(p)
+    p.set_defaults(func=cmd_retry)
 
     for stage in STAGES:
         make_stage_command(sub, stage)
@@ -459,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RetryPending as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -168,7 +168,7 @@ class _Engines:
         if self.shares_teacher():
             return self.student()
         if self._teacher is None:
-            from pipeline.stages.generate import load_teacher
+            from pipeline.engines import load_teacher
 
             self._teacher = load_teacher(self.recipe.teachers[0])
         return self._teacher

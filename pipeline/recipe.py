@@ -61,7 +61,13 @@ class ModelConfig:
         default=None, metadata={"help": "float32 on CPU (default), bfloat16/auto on GPU"}
     )
     max_model_len: int | None = field(default=None, metadata={"help": "context length (prompt + completion)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "vllm: GPUs one model is split over, layer by layer (tensor parallel)"}
+    )
+    pipeline_parallel_size: int = field(
+        default=1,
+        metadata={"help": "vllm: stages one model is cut into (pipeline parallel; GPUs = tp x pp per copy)"},
+    )
     gpu_memory_utilization: float | None = field(
         default=None, metadata={"help": "vllm: fraction of GPU memory"}
     )
@@ -70,8 +76,12 @@ class ModelConfig:
     )
     batch_size: int | None = field(default=None, metadata={"help": "hf: prompts per generate() batch"})
     # openai
-    base_url: str | None = field(
-        default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1"}
+    base_url: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "openai: server URL, e.g. http://127.0.0.1:8000/v1, or a list of them (requests are "
+            "spread over the servers)"
+        },
     )
     served_model_name: str | None = field(
         default=None, metadata={"help": "openai: model name the server expects"}
@@ -79,8 +89,15 @@ class ModelConfig:
     api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "openai: environment variable with the key"}
     )
-    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight"})
+    concurrency: int = field(default=64, metadata={"help": "openai: requests in flight per server"})
     timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request"})
+    max_retries: int = field(
+        default=6, metadata={"help": "openai: retries of a request that failed with a 5xx, 429 or timeout"}
+    )
+    backoff_base: float = field(
+        default=0.5, metadata={"help": "openai: first retry waits up to this many seconds (doubling)"}
+    )
+    backoff_max: float = field(default=30.0, metadata={"help": "openai: longest wait between retries"})
 
     def validate(self, path: str) -> None:
         if self.engine == "openai" and not self.base_url:
@@ -96,6 +113,12 @@ class ModelConfig:
             raise UserError(
                 f"{path}.adapter: {self.adapter} has no adapter_config.json; pass a LoRA adapter folder"
             )
+        if self.concurrency < 1:
+            raise UserError(f"{path}.concurrency must be at least 1 (requests in flight per server)")
+        if self.max_retries < 0:
+            raise UserError(f"{path}.max_retries must be 0 or more")
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
+            raise UserError(f"{path}.tensor_parallel_size and pipeline_parallel_size must be at least 1")
 
     @property
     def label(self) -> str:
@@ -108,11 +131,21 @@ class ModelConfig:
                 "dtype",
                 "max_model_len",
                 "tensor_parallel_size",
+                "pipeline_parallel_size",
                 "gpu_memory_utilization",
                 "enable_prefix_caching",
             ),
             "hf": ("dtype", "batch_size", "max_model_len"),
-            "openai": ("base_url", "served_model_name", "api_key_env", "concurrency", "timeout"),
+            "openai": (
+                "base_url",
+                "served_model_name",
+                "api_key_env",
+                "concurrency",
+                "timeout",
+                "max_retries",
+                "backoff_base",
+                "backoff_max",
+            ),
         }[self.engine]
         options = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.adapter and self.engine == "vllm":
@@ -121,7 +154,16 @@ class ModelConfig:
             options.update(enable_lora=True, max_lora_rank=adapter_rank(self.adapter))
         elif self.adapter and self.engine == "hf":
             options["adapter"] = self.adapter
+        if options.get("pipeline_parallel_size") == 1:
+            del options["pipeline_parallel_size"]  # the default: keeps fingerprints of older runs
         return options
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one copy of this model needs (tensor x pipeline parallel); 0 for a remote server."""
+        if self.engine == "openai":
+            return 0
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 @dataclass
@@ -256,6 +298,7 @@ class Recipe:
     student: StudentConfig | None = None
     critic: ModelConfig | None = None
     loop: LoopConfig | None = None
+    executor: object | None = None  # pipeline.executors.ExecutorConfig: where shards run
     path: Path | None = None
 
     def context(self, run_dir: Path) -> RunContext:
@@ -286,7 +329,7 @@ def stage_module(name: str):
         raise
 
 
-TOP_KEYS = ("run", "teacher", "student", "critic", "source", "stages", "loop")
+TOP_KEYS = ("run", "teacher", "student", "critic", "source", "stages", "loop", "executor")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -316,6 +359,11 @@ def load_recipe(path: str | Path) -> Recipe:
     student = from_dict(StudentConfig, data["student"], f"{where}.student") if data.get("student") else None
     critic = from_dict(ModelConfig, data["critic"], f"{where}.critic") if data.get("critic") else None
     loop = from_dict(LoopConfig, data["loop"], f"{where}.loop") if data.get("loop") else None
+    executor = None
+    if data.get("executor"):
+        from pipeline.executors import ExecutorConfig
+
+        executor = from_dict(ExecutorConfig, data["executor"], f"{where}.executor")
     stages_raw = data["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
         raise UserError(f"{where}.stages must be a non-empty list like [{{generate: {{n: 4}}}}]")
@@ -330,6 +378,7 @@ def load_recipe(path: str | Path) -> Recipe:
         stages.append(StageEntry(name, from_dict(module.Config, settings, f"{where}.stages[{i}].{name}")))
     return Recipe(
         loop=loop,
+        executor=executor,
         run=run,
         source=source,
         teachers=teachers,

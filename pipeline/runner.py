@@ -6,6 +6,7 @@ in-memory state, so any stage can be rerun, resumed or run elsewhere on its own.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ def stage_dirs(recipe: Recipe, run_dir: Path) -> list[tuple[str, Path, object]]:
 
 
 def run_recipe(
-    path: str | Path, run_dir: str | Path | None = None, overwrite: bool = False, log=None
+    path: str | Path, run_dir: str | Path | None = None, overwrite: bool = False, log=None, executor=None
 ) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     recipe = load_recipe(path)
@@ -40,9 +41,12 @@ def run_recipe(
         module = stage_module(name)
         t0 = time.perf_counter()
         was_done = store.read_manifest(folder) is not None
-        manifest = module.run(config, previous, folder, context=context, overwrite=overwrite)
+        manifest = run_stage(name, config, previous, folder, context, overwrite=overwrite, executor=executor)
         if manifest is None:
-            raise UserError(f"{name}: shards remain unfinished in {folder}; rerun to finish them")
+            raise UserError(
+                f"{name}: shards remain unfinished in {folder}; rerun to finish them "
+                f"(or `distill merge {folder}` once submitted jobs are done)"
+            )
         state = "already complete" if was_done and manifest.get("finished_at") else "done"
         summary = module.summary(manifest) if hasattr(module, "summary") else f"{manifest['rows_out']} rows"
         log(f"[distill] {folder.name}: {summary} ({state}, {time.perf_counter() - t0:.1f}s)")
@@ -64,32 +68,79 @@ def status(run_dir: str | Path) -> list[dict]:
     return [store.stage_status(p) for p in folders]
 
 
-def merge(stage_dir: str | Path) -> dict:
-    """Join the shards of a stage whose shards ran separately (e.g. a Slurm array) and write its manifest."""
-    stage_dir = Path(stage_dir)
-    manifest = store.read_manifest(stage_dir)
-    if manifest is not None:
-        return manifest
+def _open_stage(stage_dir: Path) -> tuple[store.StageStore, dict]:
     progress_path = stage_dir / "shards" / "progress.json"
     if not progress_path.exists():
         raise UserError(f"{stage_dir} has no shards to merge; run the stage first")
     progress = json.loads(progress_path.read_text())
-    missing = [
-        i for i in range(progress["num_shards"]) if not (stage_dir / "shards" / f"{i:05d}" / ".done").exists()
-    ]
-    if missing:
-        shown = ", ".join(map(str, missing[:10]))
-        raise UserError(f"{stage_dir}: shards {shown} are not done; run them with --shard-index, then merge")
     st = store.StageStore(
         stage_dir,
         progress["stage"],
         progress["fingerprint_parts"].get("version", "?"),
         progress["fingerprint_parts"],
     )
-    return st.finalize({})
+    return st, progress
+
+
+def merge(stage_dir: str | Path, keep_failed: bool = False) -> dict:
+    """Join the shards of a stage whose shards ran separately (e.g. a Slurm array) and write its manifest:
+    the same manifest a one-process run writes (the stage's own fields come from its saved `summarize`).
+    ``keep_failed`` finishes a stage whose rows still owe a retry, rejecting them with their reason."""
+    stage_dir = Path(stage_dir)
+    manifest = store.read_manifest(stage_dir)
+    if manifest is not None:
+        return manifest
+    try:
+        st, progress = _open_stage(stage_dir)
+    except UserError:
+        manifest = store.read_manifest(stage_dir)  # the last array task merged it a moment ago
+        if manifest is not None:
+            return manifest
+        raise
+    missing = [i for i in st.pending(progress["num_shards"]) if not (keep_failed and st.shard_retry(i))]
+    if missing:
+        shown = ", ".join(map(str, missing[:10]))
+        retry = [i for i in missing if st.shard_retry(i) is not None]
+        hint = (
+            f"; shards {', '.join(map(str, retry[:10]))} have rows owed a retry: `distill retry {stage_dir}`, "
+            "or merge with --keep-failed"
+            if retry
+            else ""
+        )
+        raise UserError(
+            f"{stage_dir}: shards {shown} are not done; run them with --shard-index, then merge{hint}"
+        )
+    return st.finalize(st.load_stage(), keep_failed=keep_failed)
+
+
+def retry(stage_dir: str | Path, executor=None) -> dict | None:
+    """Redo what a stage still owes, from what it saved in shards/: shards never run, and rows that failed
+    for a transient reason (server errors, timeouts). Then join the stage like a one-process run."""
+    stage_dir = Path(stage_dir)
+    manifest = store.read_manifest(stage_dir)
+    if manifest is not None:
+        return manifest
+    st, progress = _open_stage(stage_dir)
+    stage = st.load_stage()
+    if stage is None or not (st.shards_dir / "input.arrow").exists():
+        raise UserError(
+            f"{stage_dir}: this stage ({progress['stage']}) saved no stage object; rerun its command instead"
+        )
+    try:
+        return store.run_sharded(
+            st, st.load_input(), stage, num_shards=progress["num_shards"], executor=executor
+        )
+    finally:
+        stage.close()
 
 
 def run_stage(
-    name: str, config, input_path: Path | None, output: Path, context: RunContext, **kw
+    name: str, config, input_path: Path | None, output: Path, context: RunContext, executor=None, **kw
 ) -> dict | None:
-    return stage_module(name).run(config, input_path, output, context=context, **kw)
+    """Run one stage; a stage that cannot ship its work elsewhere runs only with the local executor."""
+    module = stage_module(name)
+    if executor is not None and executor.name != "local":
+        if "executor" not in inspect.signature(module.run).parameters:
+            raise UserError(f"{name}: this stage runs only with --executor local")
+        kw["executor"] = executor
+    return module.run(config, input_path, output, context=context, **kw)

@@ -8,13 +8,24 @@ Layout of one stage (see DESIGN.md):
       shards/         work in progress: <i>/ folders, each with .done when finished; removed at the end
       manifest.json   written last, atomically
 
-A stage calls `run_sharded(store, rows, work)`: the rows are cut into contiguous shards, `work` runs on each
-shard that has no `.done`, and once every shard is done the shards are joined into `data/` + `rejected/`
-and the manifest is written. A SIGKILL loses at most the shards in flight.
+A stage calls `run_sharded(store, rows, stage)`: the rows are cut into contiguous shards, `stage.work` runs
+on each shard that has no `.done` (in this process, or on a Ray cluster or Slurm array: see
+pipeline/executors.py), and once every shard is done the shards are joined into `data/` + `rejected/` and
+the manifest is written: the common fields here, the stage's own from `stage.summarize(shard stats)`. The
+same join runs in `distill merge`, so a stage whose shards ran anywhere gets the manifest a one-process run
+writes. A SIGKILL loses at most the shards in flight.
+
+While shards are in flight, `shards/` also holds `progress.json` (identity, shard count), `input.arrow` (the
+rows being sharded) and `stage.pkl` (the stage object, without its loaded models): everything a worker on
+another machine, `distill merge` or `distill retry` needs. Rows that failed for a reason that may go away
+(a server error, a timeout) are not rejected: their shard gets a `.retry` marker instead of `.done`, and the
+next run of the stage (or `distill retry`) redoes only those rows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +40,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import UserError
+from pipeline.errors import RetryPending, UserError
 
 MANIFEST = "manifest.json"
 EXECUTION_KEYS = ("shard_size",)
@@ -175,6 +186,24 @@ class ShardOutput:
     data: pa.Table
     rejected: pa.Table | None = None  # must carry a `reject_reason` column
     stats: dict = field(default_factory=dict)  # summed over shards: tokens, per-teacher counts, ...
+    # Named outputs written as data/<name>/ instead of one data/ table (export: sft/, dpo/, kd/).
+    tables: dict[str, pa.Table] | None = None
+    # Rows that failed for a transient reason: their positions in the shard's input, and the rows as they
+    # would be rejected (with `reject_reason`), kept aside until a retry answers them.
+    retry_rows: list[int] = field(default_factory=list)
+    retry: pa.Table | None = None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on `path` (flock): array tasks that finish together join the shards once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -238,8 +267,20 @@ class StageStore:
         except (OSError, ValueError):
             return None
 
-    def begin(self, num_shards: int, rows_in: int) -> dict:
+    def begin(self, num_shards: int, rows_in: int, stage=None, rows: pa.Table | None = None) -> dict:
+        """Record the stage's identity and shard count (once); with a stage object, also its input rows and
+        the stage itself, so a worker elsewhere, `distill merge` and `distill retry` can pick them up."""
         self.shards_dir.mkdir(parents=True, exist_ok=True)
+        if stage is not None and not (self.shards_dir / "stage.pkl").exists():
+            import cloudpickle
+
+            tmp = self.shards_dir / f".stage.pkl.tmp.{os.getpid()}"
+            tmp.write_bytes(cloudpickle.dumps(stage))
+            os.replace(tmp, self.shards_dir / "stage.pkl")
+        if rows is not None and not (self.shards_dir / "input.arrow").exists():
+            tmp = self.shards_dir / f".input.arrow.tmp.{os.getpid()}"
+            _write_ipc(rows, tmp)
+            os.replace(tmp, self.shards_dir / "input.arrow")
         progress = self._read_progress()
         if progress is not None:
             if progress["num_shards"] != num_shards:
@@ -265,8 +306,50 @@ class StageStore:
     def shard_done(self, index: int) -> bool:
         return (self.shard_dir(index) / ".done").exists()
 
+    def shard_retry(self, index: int) -> list[int] | None:
+        """Positions (in the shard's input) of rows owed a retry, or None when the shard has none."""
+        marker = self.shard_dir(index) / ".retry"
+        if not marker.exists():
+            return None
+        return json.loads(marker.read_text())
+
+    def pending(self, num_shards: int) -> list[int]:
+        return [i for i in range(num_shards) if not self.shard_done(i)]
+
+    def run_shard(self, work, rows: pa.Table, num_shards: int, index: int) -> ShardOutput:
+        """Run one shard (or, after a transient failure, only its rows owed a retry) and write it."""
+        lo, hi = shard_bounds(rows.num_rows, num_shards, index)
+        shard = rows.slice(lo, hi - lo)
+        retry = self.shard_retry(index)
+        fn = work.work if hasattr(work, "work") else work
+        t0 = time.perf_counter()
+        if retry is None:
+            out = fn(shard, index)
+            self.write_shard(index, out, time.perf_counter() - t0)
+            return out
+        out = fn(shard.take(pa.array(retry, pa.int64())), index)
+        # Join with what the earlier attempt answered; positions stay relative to the whole shard.
+        d = self.shard_dir(index)
+        old = json.loads((d / "stats.json").read_text())
+        named = {}
+        for f in sorted(d.glob("table-*.arrow")):
+            name = f.name[len("table-") : -len(".arrow")]
+            named[name] = concat([_read_ipc(f), (out.tables or {}).get(name)])
+        old_rejected = _read_ipc(d / "rejected.arrow") if (d / "rejected.arrow").exists() else None
+        joined = ShardOutput(
+            data=concat([_read_ipc(d / "data.arrow"), out.data]),
+            rejected=concat([old_rejected, out.rejected]),
+            stats=add_counts(old["stats"], out.stats),
+            tables=named or out.tables,
+            retry_rows=[retry[j] for j in out.retry_rows],
+            retry=out.retry,
+        )
+        self.write_shard(index, joined, old["wall_s"] + time.perf_counter() - t0)
+        return out
+
     def write_shard(self, index: int, out: ShardOutput, wall_s: float) -> None:
-        """Write one shard into a temp folder, then rename it into place and mark it done."""
+        """Write one shard into a temp folder, then rename it into place and mark it done (or owed a
+        retry, when some of its rows failed for a transient reason)."""
         final = self.shard_dir(index)
         tmp = self.shards_dir / f".{index:05d}.tmp.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,29 +357,83 @@ class StageStore:
         _write_ipc(out.data, tmp / "data.arrow")
         if out.rejected is not None:
             _write_ipc(out.rejected, tmp / "rejected.arrow")
+        for name, table in (out.tables or {}).items():
+            _write_ipc(table, tmp / f"table-{name}.arrow")
+        if out.retry_rows:
+            if out.retry is not None:
+                _write_ipc(out.retry, tmp / "retry.arrow")
+            (tmp / ".retry").write_text(json.dumps(out.retry_rows))
         write_json_atomic(tmp / "stats.json", {"stats": out.stats, "wall_s": wall_s, "run_id": RUN_ID})
+        # Another worker may have finished the same shard (a retried Ray task whose first try was only
+        # slow): the first complete copy wins, so a shard is never written twice.
+        if self.shard_done(index):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        (final / ".done").touch()
+        if not out.retry_rows:
+            (final / ".done").touch()
 
-    def finalize(self, manifest_extra: dict) -> dict:
-        """Join all shards into data/ and rejected/, then write the manifest (last, atomically)."""
+    def load_stage(self):
+        """The stage object saved by `begin` (None for stages run as plain functions)."""
+        path = self.shards_dir / "stage.pkl"
+        if not path.exists():
+            return None
+        import cloudpickle
+
+        return cloudpickle.loads(path.read_bytes())
+
+    def load_input(self) -> pa.Table:
+        return _read_ipc(self.shards_dir / "input.arrow")
+
+    def finalize(self, stage=None, keep_failed: bool = False) -> dict:
+        """Join all shards into data/ and rejected/, then write the manifest (last, atomically).
+
+        Runs under a lock and at most once: tasks of an array that finish together all call it. The
+        manifest's stage-specific fields come from `stage.summarize(per-shard stats)` (a stage object) or
+        are a dict (`manifest_extra` of a function stage, kept in progress.json). `keep_failed` finishes a
+        stage whose rows still owe a retry, rejecting them with their transient reason.
+        """
+        with file_lock(self.out_dir / ".lock"):
+            done = read_manifest(self.out_dir)
+            if done is not None and done.get("fingerprint") == self.fingerprint:
+                return done
+            return self._finalize(stage, keep_failed)
+
+    def _finalize(self, stage, keep_failed: bool) -> dict:
         progress = self._read_progress()
         n = progress["num_shards"]
-        datas, rejects, stats, wall, runs = [], [], {}, 0.0, {}
+        datas, rejects, stats, wall, runs, per_shard = [], [], {}, 0.0, {}, []
+        named: dict[str, list] = {}
         for i in range(n):
             d = self.shard_dir(i)
             datas.append(_read_ipc(d / "data.arrow"))
             if (d / "rejected.arrow").exists():
                 rejects.append(_read_ipc(d / "rejected.arrow"))
+            if keep_failed and (d / "retry.arrow").exists():
+                rejects.append(_read_ipc(d / "retry.arrow"))
+            for f in sorted(d.glob("table-*.arrow")):
+                named.setdefault(f.name[len("table-") : -len(".arrow")], []).append(_read_ipc(f))
             s = json.loads((d / "stats.json").read_text())
-            add_counts(stats, s["stats"])
+            per_shard.append(s["stats"])
+            add_counts(stats, json.loads(json.dumps(s["stats"])))
             wall += s["wall_s"]
             runs.setdefault(s.get("run_id", "?"), []).append(i)
         data = concat(datas)
         rejected = concat(rejects)
-        save_table(data, self.out_dir / "data")
+        if named:
+            (self.out_dir / "data").mkdir(parents=True, exist_ok=True)
+            for name, tables in named.items():
+                save_table(concat(tables), self.out_dir / "data" / name)
+        else:
+            save_table(data, self.out_dir / "data")
         rejected_by_reason: dict[str, int] = dict(stats.pop("rejected_by_reason", {}))
+        if keep_failed:
+            for i in range(n):
+                f = self.shard_dir(i) / "retry.arrow"
+                if f.exists():
+                    for reason in _read_ipc(f).column("reject_reason").to_pylist():
+                        rejected_by_reason[reason] = rejected_by_reason.get(reason, 0) + 1
         if rejected is not None:
             save_table(rejected, self.out_dir / "rejected")
             if not rejected_by_reason and "reject_reason" in rejected.column_names:
@@ -326,7 +463,11 @@ class StageStore:
             "host": host_info(),
             "stats": stats,
         }
-        manifest.update(manifest_extra)
+        if stage is not None and hasattr(stage, "summarize"):
+            manifest.update(stage.summarize(per_shard))
+        elif isinstance(stage, dict):
+            manifest.update(stage)
+        manifest.update(progress.get("manifest_extra", {}))
         write_json_atomic(self.manifest_path, manifest)
         shutil.rmtree(self.shards_dir, ignore_errors=True)
         return manifest
@@ -365,39 +506,63 @@ def default_num_shards(num_rows: int, shard_size: int) -> int:
 def run_sharded(
     store: StageStore,
     rows: pa.Table,
-    work: Callable[[pa.Table, int], ShardOutput],
+    work,
     *,
     num_shards: int,
     shard_index: int | None = None,
-    manifest_extra: Callable[[], dict] | dict | None = None,
+    manifest_extra: dict | None = None,
     on_shard_done: Callable[[int, ShardOutput], None] | None = None,
+    executor=None,
 ) -> dict | None:
-    """Run `work` over the shards that are not done yet, then join them and write the manifest.
+    """Run the shards that are not done yet, then join them and write the manifest.
 
-    With `shard_index`, only that shard runs and the manifest is written only if every shard is now done
-    (`distill merge` joins the shards of a run whose last shard ran elsewhere). Returns the manifest, or
-    None when shards remain.
+    `work` is a stage object (`work(shard, index)`, `summarize(shard_stats)`; what executors ship) or a plain
+    function `work(shard, index) -> ShardOutput` (runs in this process only; `manifest_extra` then gives
+    its extra manifest fields). `executor` (pipeline/executors.py) decides where shards run; the default
+    runs them here, one after another. With `shard_index`, only that shard runs and the manifest is written
+    only if every shard is now done (`distill merge` joins the shards of a run whose last shard ran
+    elsewhere). Returns the manifest, or None when shards remain. Raises RetryPending when every shard ran
+    but some rows failed for a transient reason (a rerun retries just those rows).
     """
     done = store.completed_manifest()
     if done is not None:
         return done
     if shard_index is not None and not 0 <= shard_index < num_shards:
         raise UserError(f"--shard-index {shard_index} is out of range; use 0..{num_shards - 1}")
-    store.begin(num_shards, rows.num_rows)
-    todo = [shard_index] if shard_index is not None else range(num_shards)
-    for i in todo:
-        if store.shard_done(i):
-            continue
-        lo, hi = shard_bounds(rows.num_rows, num_shards, i)
-        t0 = time.perf_counter()
-        out = work(rows.slice(lo, hi - lo), i)
-        store.write_shard(i, out, time.perf_counter() - t0)
-        if on_shard_done:
-            on_shard_done(i, out)
-    if not all(store.shard_done(i) for i in range(num_shards)):
+    is_stage = hasattr(work, "work")
+    store.begin(num_shards, rows.num_rows, work if is_stage else None, rows if is_stage else None)
+    if manifest_extra:
+        progress = store._read_progress()
+        if progress.get("manifest_extra") != manifest_extra:
+            write_json_atomic(store._progress_path(), {**progress, "manifest_extra": manifest_extra})
+    todo = [i for i in ([shard_index] if shard_index is not None else range(num_shards))]
+    todo = [i for i in todo if not store.shard_done(i)]
+    if todo:
+        if executor is None or getattr(executor, "name", "local") == "local":
+            for i in todo:
+                out = store.run_shard(work, rows, num_shards, i)
+                if on_shard_done:
+                    on_shard_done(i, out)
+        else:
+            if not is_stage:
+                raise UserError(
+                    f"{store.stage}: this stage runs only with --executor local (it is not a stage object)"
+                )
+            finished = executor.run(store, num_shards, todo)
+            if not finished:
+                return None  # submitted without waiting: `distill merge` finishes the stage later
+    pending = store.pending(num_shards)
+    if pending:
+        waiting = [i for i in pending if store.shard_retry(i) is not None]
+        if shard_index is None and waiting and len(waiting) == len(pending):
+            owed = sum(len(store.shard_retry(i)) for i in waiting)
+            raise RetryPending(
+                f"{store.out_dir}: {owed} rows failed for a transient reason (server errors, timeouts); "
+                f"rerun the same command or `distill retry {store.out_dir}` to retry them, or "
+                f"`distill merge {store.out_dir} --keep-failed` to finish without them"
+            )
         return None
-    extra = manifest_extra() if callable(manifest_extra) else (manifest_extra or {})
-    return store.finalize(extra)
+    return store.finalize(work if is_stage else None)
 
 
 def stage_status(stage_dir: Path) -> dict:
@@ -418,7 +583,12 @@ def stage_status(stage_dir: Path) -> dict:
         done = sum(
             1 for i in range(progress["num_shards"]) if (stage_dir / "shards" / f"{i:05d}" / ".done").exists()
         )
-        return {
+        retry = sum(
+            1
+            for i in range(progress["num_shards"])
+            if (stage_dir / "shards" / f"{i:05d}" / ".retry").exists()
+        )
+        out = {
             "name": name,
             "status": "partial",
             "rows_out": None,
@@ -426,4 +596,7 @@ def stage_status(stage_dir: Path) -> dict:
             "shards_done": done,
             "shards": progress["num_shards"],
         }
+        if retry:
+            out["shards_retry"] = retry  # shards whose rows failed transiently: `distill retry` redoes them
+        return out
     return {"name": name, "status": "missing", "rows_out": None, "fingerprint": None}

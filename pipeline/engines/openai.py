@@ -1,16 +1,20 @@
 """Teacher generation over HTTP from any OpenAI-compatible chat server, e.g. ``vllm serve``.
 
     python -m vllm.entrypoints.openai.api_server --model DIR --host 127.0.0.1 --port 8000 \\
-        --dtype float32 --enforce-eager --max-model-len 1024          # (``vllm serve`` on a GPU box)
+        --dtype float32 --enforce-eager --max-model-len 1024 \\
+        --no-enable-chunked-prefill --max-num-batched-tokens 8192    # CPU: avoids the seeded-prefill crash
 
     from pipeline.engines.openai import OpenAIEngine
-    engine = OpenAIEngine("http://127.0.0.1:8000/v1", "DIR", concurrency=16)
+    engine = OpenAIEngine(["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"], "DIR", concurrency=64)
     results = engine.generate(requests)
 
-Requests run concurrently on one async httpx client, at most ``concurrency`` in flight. A request that
-fails with 429, a 5xx, a timeout or a dropped connection is retried with exponential backoff and full
-jitter (and never sooner than the server's ``Retry-After``). Anything else, or a request still failing
-after ``max_retries`` retries, becomes ``GenResult(error=...)``: one bad prompt never stops a run.
+Each server gets its own async httpx client and ``concurrency`` workers that pull requests from one shared
+queue, so a fast server takes more of the work and a slow or dead one less. A request that fails with 429,
+a 5xx, a timeout or a dropped connection is retried with exponential backoff and full jitter (and never
+sooner than the server's ``Retry-After``). Anything else, or a request still failing after ``max_retries``
+retries, becomes ``GenResult(error=...)``: one bad prompt never stops a run. Failures that may go away
+(server errors, timeouts, refused connections) are marked ``transient``; the generate stage leaves those
+rows to be retried on resume (or by ``distill retry``) instead of rejecting them for good.
 
 The API key is read from the environment variable named by ``api_key_env`` and lives only in the
 client's headers; it is never part of a result, an error message or a log line.
@@ -28,6 +32,7 @@ from pipeline.engines import GenRequest, GenResult, Sample
 
 Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
 
+DEFAULT_CONCURRENCY = 64  # requests in flight per server; 64 keeps one vLLM server's batch full
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -38,11 +43,11 @@ class OpenAIEngine:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | list[str],
         model_name: str,
         *,
         api_key_env: str = "OPENAI_API_KEY",
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float = 120.0,
         max_retries: int = 6,
         backoff_base: float = 0.5,
@@ -50,8 +55,15 @@ class OpenAIEngine:
         token_ids: bool = True,
     ) -> None:
         """``token_ids`` asks the server for top-k token ids (vLLM's ``return_tokens_as_token_ids``);
-        turn it off for servers that reject unknown fields; top-k columns are then left empty."""
-        self.base_url = base_url.rstrip("/")
+        turn it off for servers that reject unknown fields; top-k columns are then left empty.
+        ``concurrency`` is per server: with several base URLs, each gets that many requests in flight."""
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls or not all(isinstance(u, str) and u for u in urls):
+            raise ValueError("OpenAIEngine needs at least one base URL")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
         self.model_name = model_name
         self.api_key_env = api_key_env
         self.concurrency = concurrency
@@ -61,7 +73,7 @@ class OpenAIEngine:
         self.backoff_max = backoff_max
         self.token_ids = token_ids
         self.options = {
-            "base_url": self.base_url,
+            "base_url": self.base_urls if len(self.base_urls) > 1 else self.base_url,
             "model_name": model_name,
             "api_key_env": api_key_env,  # the variable's name, never its value
             "concurrency": concurrency,
@@ -70,7 +82,10 @@ class OpenAIEngine:
         }
 
     def __repr__(self) -> str:
-        return f"OpenAIEngine({self.base_url!r}, {self.model_name!r})"
+        return f"OpenAIEngine({self.base_urls!r}, {self.model_name!r})"
+
+    def close(self) -> None:
+        """Nothing to free: each ``generate`` call opens and closes its own connections."""
 
     def generate(self, requests: list[GenRequest], progress: Progress | None = None) -> list[GenResult]:
         """Answer every request; results come back in request order."""
@@ -95,20 +110,33 @@ class OpenAIEngine:
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        semaphore = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=self.timeout, limits=limits
-        ) as client:
+        results: list[GenResult | None] = [None] * len(requests)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(requests)):
+            queue.put_nowait(i)
+        workers = min(self.concurrency, max(1, len(requests)))
+        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
 
-            async def one(req: GenRequest) -> GenResult:
-                async with semaphore:
-                    result = await self._request(client, req)
+        async def worker(client) -> None:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                results[i] = result = await self._request(client, requests[i])
                 if progress is not None:
                     progress(1, sum(s.completion_tokens for s in result.samples))
-                return result
 
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+        clients = [
+            httpx.AsyncClient(base_url=url, headers=headers, timeout=self.timeout, limits=limits)
+            for url in self.base_urls
+        ]
+        try:
+            await asyncio.gather(*(worker(c) for c in clients for _ in range(workers)))
+        finally:
+            for client in clients:
+                await client.aclose()
+        return results  # type: ignore[return-value] - every index was filled by a worker
 
     def _body(self, req: GenRequest) -> dict:
         body: dict = {
@@ -160,7 +188,7 @@ class OpenAIEngine:
             # Full jitter: spreads retries of many concurrent requests instead of retrying in lockstep.
             delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
             await asyncio.sleep(max(delay, min(retry_after, self.backoff_max)))
-        return GenResult(id=req.id, error=f"gave_up after {self.max_retries} retries: {last}")
+        return GenResult(id=req.id, error=f"gave_up after {self.max_retries} retries: {last}", transient=True)
 
 
 def _retry_after(value: str | None) -> float:

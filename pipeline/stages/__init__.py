@@ -1,5 +1,11 @@
 """Stages: each is `run(config, input_dir, output_dir, *, context, ...) -> manifest`, one module each.
 
+Inside, a stage is a small object (`Stage` below) that an executor can ship to another process or machine:
+it names itself and its version, declares the columns it reads and writes, does `work(shard, index) ->
+ShardOutput`, and turns the per-shard stats into its manifest fields with `summarize`. The store alone writes
+shards, markers and the manifest (pipeline/store.py). Stages do not import other stages: what they share
+lives one floor down (engines/, rows.py, this module).
+
 Helpers shared by every stage: reading an input (a stage folder, a datasets folder, JSONL or Parquet),
 the input's fingerprint for lineage, and the column check each stage makes before it starts.
 """
@@ -13,7 +19,38 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import UserError
-from pipeline.store import load_table, read_manifest
+from pipeline.store import ShardOutput, load_table, read_manifest
+
+
+class Stage:
+    """The unit an executor ships: configuration plus `work` and `summarize`, no open resources.
+
+    Attributes whose names start with `_` (loaded engines, progress bars) stay in the process that made
+    them: they are dropped when the stage is pickled for a worker, which loads its own on first use.
+    """
+
+    name: str = "stage"
+    version: str = "1"
+    reads: tuple[str, ...] = ()  # input columns `work` relies on
+    writes: tuple[str, ...] = ()  # columns it adds
+    gpus: int = 0  # GPUs one worker needs (an executor places it on that many)
+
+    def work(self, shard: pa.Table, index: int) -> ShardOutput:
+        raise NotImplementedError
+
+    def summarize(self, shard_stats: list[dict]) -> dict:
+        """Stage-specific manifest fields from every shard's stats, in shard order. The store calls it in a
+        one-process run and in `distill merge`, so both write the same manifest."""
+        return {}
+
+    def close(self) -> None:
+        """Free what `work` loaded (engines)."""
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
 def input_table(path: str | Path) -> pa.Table:

@@ -17,7 +17,6 @@ TRL's trainers take directly. Rows that are not exported are counted by reason i
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.errors import UserError
 from pipeline.rows import messages_of
-from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table, require_columns
 from pipeline.stages.prompts import MESSAGES
 
 STAGE = "export"
@@ -104,10 +103,11 @@ def run(
     num_shards: int | None = None,
     shard_index: int | None = None,
     overwrite: bool = False,
-) -> dict:
-    """Export one verify stage folder. Export is one cheap pass, so it ignores sharding."""
+    executor=None,
+) -> dict | None:
+    """Export one verify stage folder. Export is one cheap pass over every row (DPO pairs and
+    `max_per_prompt` need all answers to a prompt together), so it is always one shard."""
     config.validate("export config")
-    t0 = time.perf_counter()
     input_dir = Path(input_dir)
     parts = {
         "stage": STAGE,
@@ -121,7 +121,6 @@ def run(
     done = st.completed_manifest()
     if done is not None:
         return done
-    started_at = store.now_iso()
 
     table = input_table(input_dir)
     require_columns(table, READS, STAGE, input_dir)
@@ -129,81 +128,92 @@ def run(
         raise UserError(
             f"export: input {input_dir} has neither `messages` nor `prompt`; feed it verify output"
         )
-    rows = table.to_pylist()
     rejected_dir = input_dir / "rejected"
-    failing = store.load_table(rejected_dir).to_pylist() if rejected_dir.is_dir() else []
+    failing = store.load_table(rejected_dir) if rejected_dir.is_dir() else None
+    if shard_index not in (None, 0):
+        raise UserError("export runs as one shard; drop --shard-index (or pass --shard-index 0)")
+    stage = ExportStage(config, failing)
+    return store.run_sharded(st, table, stage, num_shards=1, shard_index=shard_index, executor=executor)
 
-    skipped: Counter = Counter()
-    verified = _verified(rows, config, skipped)
-    tables = {}
-    if "sft" in config.formats:
-        tables["sft"] = [
-            {
-                "id": r["id"],
-                "sample_index": r.get("sample_index") or 0,
-                "messages": _prompt(r, config.include_system) + _answer(r),
-            }
-            for r in verified
-        ]
-    if "kd" in config.formats:
-        kd = []
-        for r in verified:
-            if not r.get("topk_ids") or not r.get("topk_logprobs"):
-                skipped["no_topk"] += 1
-                continue
-            kd.append(
+
+class ExportStage(Stage):
+    """Verdict rows -> one table per TRL format (data/sft, data/dpo, data/kd)."""
+
+    name = STAGE
+    version = VERSION
+    reads = tuple(READS)
+    writes = ("sft", "dpo", "kd")
+
+    def __init__(self, config: Config, failing: pa.Table | None) -> None:
+        self.config = config
+        self.failing = failing  # the input's rejected/ rows: DPO's rejected answers come from there too
+
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
+        config = self.config
+        rows = shard.to_pylist()
+        failing = self.failing.to_pylist() if self.failing is not None else []
+        skipped: Counter = Counter()
+        verified = _verified(rows, config, skipped)
+        tables = {}
+        if "sft" in config.formats:
+            tables["sft"] = [
                 {
                     "id": r["id"],
                     "sample_index": r.get("sample_index") or 0,
-                    "prompt": _prompt(r, config.include_system),
-                    "completion": _answer(r),
-                    "topk_ids": r["topk_ids"],
-                    "topk_logprobs": r["topk_logprobs"],
-                    "teacher": r.get("teacher"),
+                    "messages": _prompt(r, config.include_system) + _answer(r),
                 }
-            )
-        if verified and not kd:
-            raise UserError(
-                "export: kd needs the teacher's top-k logprobs, and no row has them; "
-                "generate with `logprobs: 5` (or drop kd from formats)"
-            )
-        tables["kd"] = kd
-    if "dpo" in config.formats:
-        tables["dpo"] = _pairs(verified, rows + failing, config, skipped)
+                for r in verified
+            ]
+        if "kd" in config.formats:
+            kd = []
+            for r in verified:
+                if not r.get("topk_ids") or not r.get("topk_logprobs"):
+                    skipped["no_topk"] += 1
+                    continue
+                kd.append(
+                    {
+                        "id": r["id"],
+                        "sample_index": r.get("sample_index") or 0,
+                        "prompt": _prompt(r, config.include_system),
+                        "completion": _answer(r),
+                        "topk_ids": r["topk_ids"],
+                        "topk_logprobs": r["topk_logprobs"],
+                        "teacher": r.get("teacher"),
+                    }
+                )
+            if verified and not kd:
+                raise UserError(
+                    "export: kd needs the teacher's top-k logprobs, and no row has them; "
+                    "generate with `logprobs: 5` (or drop kd from formats)"
+                )
+            tables["kd"] = kd
+        if "dpo" in config.formats:
+            tables["dpo"] = _pairs(verified, rows + failing, config, skipped)
+        out = {fmt: pa.Table.from_pylist(records, schema=SCHEMAS[fmt]) for fmt, records in tables.items()}
+        stats = {
+            "rows_in": len(rows) + len(failing),
+            "rows_by_format": {fmt: len(records) for fmt, records in tables.items()},
+            "skipped": dict(skipped),
+            "tokens": {"prompt": 0, "completion": sum(r.get("completion_tokens") or 0 for r in verified)},
+        }
+        first = next(iter(out.values()))
+        return store.ShardOutput(data=first.slice(0, 0), stats=stats, tables=out)
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(exist_ok=True)
-    counts = {}
-    for fmt, records in tables.items():
-        store.save_table(pa.Table.from_pylist(records, schema=SCHEMAS[fmt]), out / "data" / fmt)
-        counts[fmt] = len(records)
-    wall = time.perf_counter() - t0
-    manifest = {
-        "stage": STAGE,
-        "version": VERSION,
-        "fingerprint": st.fingerprint,
-        "fingerprint_parts": parts,
-        "inputs": parts["inputs"],
-        "config": store.redact(parts["config"]),
-        "models": {},
-        "sampling": {},
-        "rows_in": len(rows) + len(failing),
-        "rows_out": counts.get("sft", sum(counts.values())),
-        "rows_by_format": counts,
-        "formats": {fmt: f"data/{fmt}" for fmt in tables},
-        "rejected_by_reason": {},
-        "skipped": dict(skipped),
-        "tokens": {"prompt": 0, "completion": sum(r.get("completion_tokens") or 0 for r in verified)},
-        "wall_s": round(wall, 3),
-        "tokens_per_s": 0.0,
-        "started_at": started_at,
-        "finished_at": store.now_iso(),
-        "shards": 1,
-        "host": store.host_info(),
-    }
-    store.write_json_atomic(st.manifest_path, manifest)
-    return manifest
+    def summarize(self, shard_stats: list[dict]) -> dict:
+        counts: dict = {}
+        skipped: dict = {}
+        for s in shard_stats:
+            store.add_counts(counts, s.get("rows_by_format", {}))
+            store.add_counts(skipped, s.get("skipped", {}))
+        counts = {fmt: counts[fmt] for fmt in self.config.formats if fmt in counts}  # in the asked order
+        return {
+            "rows_in": sum(s.get("rows_in", 0) for s in shard_stats),
+            "rows_out": counts.get("sft", sum(counts.values())),
+            "rows_by_format": counts,
+            "formats": {fmt: f"data/{fmt}" for fmt in counts},
+            "skipped": skipped,
+            "tokens_per_s": 0.0,
+        }
 
 
 def _prompt(row: dict, include_system: bool = False) -> list[dict]:

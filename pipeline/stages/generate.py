@@ -30,10 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import store, templates
+from pipeline.engines import load_teacher, teacher_identity
 from pipeline.errors import UserError
 from pipeline.recipe import ModelConfig, RunContext
 from pipeline.rows import messages_of
-from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table, require_columns
 from pipeline.stages.prompts import MESSAGES
 from pipeline.stages.prompts import SCHEMA as PROMPT_SCHEMA
 
@@ -55,8 +56,6 @@ TOPK_FIELDS = [
     ("topk_ids", pa.list_(pa.list_(pa.int32()))),
     ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
 ]
-# Engine options that change what a teacher writes go into the fingerprint; transport settings do not.
-RUNTIME_OPTIONS = {"concurrency", "timeout", "api_key_env", "batch_size", "gpu_memory_utilization"}
 
 
 @dataclass
@@ -116,29 +115,6 @@ def chat_messages(row: dict, system: str) -> list[dict]:
     return turns
 
 
-def teacher_identity(tc: ModelConfig) -> dict:
-    options = {k: v for k, v in tc.engine_options().items() if k not in RUNTIME_OPTIONS}
-    if tc.engine == "openai":  # the model lives behind the server: its name and URL are all we know
-        return {"engine": "openai", "model": tc.served_model_name or tc.model, "options": options}
-    from pipeline.models import resolve, weights_hash
-
-    identity = {"engine": tc.engine, "identity": resolve(tc.model, tc.revision).identity, "options": options}
-    if tc.adapter:
-        identity["adapter"] = weights_hash(Path(tc.adapter))
-    return identity
-
-
-def load_teacher(tc: ModelConfig):
-    from pipeline.engines import load_engine
-    from pipeline.models import ResolvedModel, resolve
-
-    if tc.engine == "openai":
-        model = ResolvedModel(spec=tc.model, path=tc.served_model_name or tc.model, identity={})
-    else:
-        model = resolve(tc.model, tc.revision)
-    return load_engine(tc.engine, model, **tc.engine_options())
-
-
 def run(
     config: Config,
     input_dir: Path | None,
@@ -150,9 +126,11 @@ def run(
     overwrite: bool = False,
     engines: dict | None = None,
     progress: bool = True,
+    executor=None,
 ) -> dict | None:
     """Run the stage. ``engines`` maps teacher labels to ready engines (tests and benchmarks share one);
-    teachers without one are loaded on first use and closed at the end."""
+    teachers without one are loaded on first use and closed at the end. ``executor`` (see
+    pipeline/executors.py) runs the shards elsewhere: a Ray cluster or a Slurm array."""
     if input_dir is None:
         raise UserError("generate: no input; pass --input with a prompts folder, JSONL or Parquet file")
     teachers = list(context.teachers)
@@ -189,52 +167,116 @@ def run(
     per_teacher = store.default_num_shards(rows.num_rows, config.shard_size)
     n_shards = num_shards or per_teacher * len(teachers)
 
-    by_label = {tc.label: tc for tc in teachers}
-    ready = dict(engines or {})
-    owned: dict = {}
-    bar = _Progress(enabled=progress)
-    load_s = [0.0]  # model start-up since the last shard was written
+    stage = GenerateStage(config, teachers, system_texts, engines=engines, progress=progress)
+    try:
+        if st.completed_manifest() is None and (executor is None or executor.name == "local"):
+            todo = [shard_index] if shard_index is not None else range(n_shards)
+            stage._bar.start(
+                sum(
+                    store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
+                    - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
+                    for i in todo
+                    if 0 <= i < n_shards and not st.shard_done(i)
+                )
+            )
+        manifest = store.run_sharded(
+            st, work_rows, stage, num_shards=n_shards, shard_index=shard_index, executor=executor
+        )
+    finally:
+        stage.close()
+    return manifest
 
-    def engine_for(label: str):
+
+class GenerateStage(Stage):
+    """Teacher answers for one shard of (prompt, teacher) rows; what an executor ships.
+
+    ``engines`` maps teacher labels to ready engines (tests and benchmarks share one); teachers without
+    one are loaded on first use, one at a time, and closed by ``close``.
+    """
+
+    name = STAGE
+    version = VERSION
+    reads = ("id", "task", "messages", "prompt", "reference", "meta", "teacher")
+    writes = tuple(name for name, _ in GEN_FIELDS + TOPK_FIELDS)
+
+    def __init__(
+        self,
+        config: Config,
+        teachers: list[ModelConfig],
+        system_texts: dict[str, str],
+        engines: dict | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.config = config
+        self.teachers = {tc.label: tc for tc in teachers}
+        self.gpus = max(tc.gpus for tc in teachers) if teachers else 0
+        self.system_texts = system_texts
+        self.progress = progress
+        self._ready = dict(engines or {})
+        self._owned: dict = {}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.progress = False  # a worker elsewhere has no terminal to draw a bar on
+
+    @property
+    def _bar(self) -> _Progress:
+        if "_bar_obj" not in self.__dict__:
+            self._bar_obj = _Progress(enabled=self.progress)
+        return self._bar_obj
+
+    def _engine_for(self, label: str):
+        ready = self.__dict__.setdefault("_ready", {})
+        owned = self.__dict__.setdefault("_owned", {})
         if label in ready:
             return ready[label]
         for other in list(owned):  # one teacher in memory at a time
             owned.pop(other).close()
             ready.pop(other)
         t0 = time.perf_counter()
-        ready[label] = owned[label] = load_teacher(by_label[label])
-        load_s[0] += time.perf_counter() - t0
-        bar.write(f"[distill] generate: loaded teacher {label} in {time.perf_counter() - t0:.1f}s")
-        bar.restart_clock()  # tokens/s of generation, not of model start-up
+        ready[label] = owned[label] = load_teacher(self.teachers[label])
+        self._load_s = self.__dict__.get("_load_s", 0.0) + time.perf_counter() - t0
+        self._bar.write(f"[distill] generate: loaded teacher {label} in {time.perf_counter() - t0:.1f}s")
+        self._bar.restart_clock()  # tokens/s of generation, not of model start-up
         return ready[label]
 
-    def work(shard: pa.Table, index: int) -> store.ShardOutput:
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         datas, rejects, stats = [], [], {"tokens": {"prompt": 0, "completion": 0}, "teachers": {}}
-        for label in dict.fromkeys(shard.column("teacher").to_pylist()):
+        retry_rows, retry = [], []
+        labels = shard.column("teacher").to_pylist()
+        for label in dict.fromkeys(labels):
+            positions = [i for i, t in enumerate(labels) if t == label]
             part = shard.filter(pc.equal(shard.column("teacher"), label))
-            engine = engine_for(label)
+            engine = self._engine_for(label)
             t0 = time.perf_counter()
-            adapter = by_label[label].adapter if hasattr(engine, "lora_request") else None
-            data, rejected, teacher_stats = _generate(
-                engine, part.to_pylist(), config, system_texts, bar, adapter
+            adapter = self.teachers[label].adapter if hasattr(engine, "lora_request") else None
+            data, rejected, teacher_stats, failed = _generate(
+                engine, part.to_pylist(), self.config, self.system_texts, self._bar, adapter
             )
             teacher_stats["generate_s"] = time.perf_counter() - t0
             datas.append(data)
             rejects.append(rejected)
+            retry_rows += [positions[j] for j, _ in failed]
+            retry += [row for _, row in failed]
             store.add_counts(stats["teachers"].setdefault(label, {}), teacher_stats)
             stats["tokens"]["prompt"] += teacher_stats["prompt_tokens"]
             stats["tokens"]["completion"] += teacher_stats["completion_tokens"]
             store.add_counts(stats.setdefault("rejected_by_reason", {}), teacher_stats["rejected_by_reason"])
-        stats["engine_load_s"], load_s[0] = load_s[0], 0.0
-        return store.ShardOutput(data=store.concat(datas), rejected=store.concat(rejects), stats=stats)
+        stats["engine_load_s"], self._load_s = self.__dict__.get("_load_s", 0.0), 0.0
+        return store.ShardOutput(
+            data=store.concat(datas),
+            rejected=store.concat(rejects),
+            stats=stats,
+            retry_rows=retry_rows,
+            retry=pa.Table.from_pylist(retry, schema=rejects[0].schema) if retry else None,
+        )
 
-    def manifest_extra() -> dict:
+    def summarize(self, shard_stats: list[dict]) -> dict:
         teachers_total: dict = {}
         load = 0.0
-        for i in range(n_shards):
-            saved = json.loads((st.shard_dir(i) / "stats.json").read_text())
-            store.add_counts(teachers_total, saved["stats"].get("teachers", {}))
-            load += saved["stats"].get("engine_load_s", 0.0)
+        for saved in shard_stats:
+            store.add_counts(teachers_total, json.loads(json.dumps(saved.get("teachers", {}))))
+            load += saved.get("engine_load_s", 0.0)
         for t in teachers_total.values():
             t.pop("rejected_by_reason", None)
             gen_s = t.get("generate_s", 0)
@@ -249,25 +291,11 @@ def run(
             "tokens_per_s": round(completion / busy, 2) if busy else 0.0,
         }
 
-    try:
-        if st.completed_manifest() is None:
-            todo = [shard_index] if shard_index is not None else range(n_shards)
-            bar.start(
-                sum(
-                    store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
-                    - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
-                    for i in todo
-                    if 0 <= i < n_shards and not st.shard_done(i)
-                )
-            )
-        manifest = store.run_sharded(
-            st, work_rows, work, num_shards=n_shards, shard_index=shard_index, manifest_extra=manifest_extra
-        )
-    finally:
-        bar.close()
-        for engine in owned.values():
+    def close(self) -> None:
+        self._bar.close()
+        for engine in self.__dict__.get("_owned", {}).values():
             engine.close()
-    return manifest
+        self.__dict__.get("_owned", {}).clear()
 
 
 def _prompt_columns(rows: pa.Table) -> pa.Table:
@@ -299,13 +327,13 @@ def _text(value) -> str:
 
 
 def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar, adapter=None) -> tuple:
-    """Answer one teacher's rows: (accepted table, rejected table, stats). ``adapter``: a LoRA folder the
-    engine applies per request (vllm)."""
+    """Answer one teacher's rows: (accepted table, rejected table, stats, [(position, row) owed a retry]).
+    ``adapter``: a LoRA folder the engine applies per request (vllm)."""
     from pipeline.engines import GenRequest
 
     stats = {"rows": 0, "samples": 0, "prompt_tokens": 0, "completion_tokens": 0, "rejected_by_reason": {}}
-    requests, served, rejected = [], [], []
-    for row in rows:
+    requests, served, served_pos, rejected = [], [], [], []
+    for pos, row in enumerate(rows):
         system = system_texts.get(row.get("task") or "custom", "")
         messages = chat_messages(row, system)
         row["system"] = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
@@ -328,10 +356,16 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar,
             )
         )
         served.append(row)
+        served_pos.append(pos)
 
     results = engine.generate(requests, progress=bar.update) if requests else []
-    out = []
-    for row, res in zip(served, results, strict=True):
+    out, failed = [], []
+    for pos, row, res in zip(served_pos, served, results, strict=True):
+        if res.error and res.transient:
+            # A server error or timeout says nothing about the prompt: the row is owed a retry.
+            reason = res.error.split(":", 1)[0].strip()
+            failed.append((pos, {**row, "reject_reason": reason, "error": res.error}))
+            continue
         if res.error or not res.samples:
             error = res.error or "the engine returned no samples"
             rejected.append({**row, "reject_reason": error.split(":", 1)[0].strip(), "error": error})
@@ -366,7 +400,7 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar,
         + [("teacher", pa.string()), ("seed", pa.int64()), ("system", pa.string())]
         + [("reject_reason", pa.string()), ("error", pa.string())]
     )
-    return data, pa.Table.from_pylist(rejected, schema=rejected_schema), stats
+    return data, pa.Table.from_pylist(rejected, schema=rejected_schema), stats, failed
 
 
 def _prompt_schema() -> list:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
-from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table, require_columns
 
 STAGE = "mine"
 VERSION = "1"
@@ -62,9 +62,9 @@ def run(
     shard_index: int | None = None,
     overwrite: bool = False,
     engine=None,
+    executor=None,
 ) -> dict | None:
     from pipeline.models import resolve
-    from pipeline.train.evaluate import evaluate
 
     if input_dir is None:
         raise UserError("mine: no input; pass --input with a prompts folder (e.g. the validation split)")
@@ -96,22 +96,42 @@ def run(
     }
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     task = rows.column("task")[0].as_py()
+    stage = MineStage(config, context.student.model, task, engine=engine)
+    n = num_shards or 1  # one evaluation pass: the student is loaded once
+    return store.run_sharded(st, rows, stage, num_shards=n, shard_index=shard_index, executor=executor)
 
-    def work(shard: pa.Table, index: int) -> store.ShardOutput:
+
+class MineStage(Stage):
+    """The student answers one shard of prompts; the ones it fails are kept. What an executor ships."""
+
+    name = STAGE
+    version = VERSION
+    reads = ("id", "task", "messages", "reference")
+    writes = ("student_pass_rate", "student_completion")
+
+    def __init__(self, config: Config, student_model: str, task: str, engine=None) -> None:
+        self.config = config
+        self.student_model = student_model
+        self.task = task
+        self._engine = engine
+
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
+        from pipeline.train.evaluate import evaluate
+
         prompt_rows = shard.to_pylist()
         result = evaluate(
-            context.student.model,
-            adapter=config.adapter,
-            task=task,
-            n=config.samples,
-            engine=config.student_engine,
+            self.student_model,
+            adapter=self.config.adapter,
+            task=self.task,
+            n=self.config.samples,
+            engine=self.config.student_engine,
             limit=None,
-            seed=config.seed,
-            temperature=config.temperature if config.samples > 1 else None,
-            max_tokens=config.max_tokens,
-            batch_size=config.batch_size,
+            seed=self.config.seed,
+            temperature=self.config.temperature if self.config.samples > 1 else None,
+            max_tokens=self.config.max_tokens,
+            batch_size=self.config.batch_size,
             rows=prompt_rows,
-            engine_obj=engine,
+            engine_obj=self.__dict__.get("_engine"),
         )
         by_id: dict[str, list[dict]] = {}
         for r in result["rows"]:
@@ -125,7 +145,7 @@ def run(
                 answers[0]["completion"] if answers else None,
             )
             item = {**row, "student_pass_rate": rate, "student_completion": failing}
-            (hard if rate < config.hard_below else solved).append(item)
+            (hard if rate < self.config.hard_below else solved).append(item)
         solved = [{**r, "reject_reason": "solved"} for r in solved]
         stats = {
             "evaluated": len(prompt_rows),
@@ -144,16 +164,10 @@ def run(
             stats=stats,
         )
 
-    def extra() -> dict:
-        import json
-
-        totals: dict = {}
-        for i in range(n):
-            store.add_counts(totals, json.loads((st.shard_dir(i) / "stats.json").read_text())["stats"])
-        return {"student_accuracy": round(totals["passed_samples"] / max(1, totals["samples"]), 4)}
-
-    n = num_shards or 1  # one evaluation pass: the student is loaded once
-    return store.run_sharded(st, rows, work, num_shards=n, shard_index=shard_index, manifest_extra=extra)
+    def summarize(self, shard_stats: list[dict]) -> dict:
+        passed = sum(s.get("passed_samples", 0) for s in shard_stats)
+        samples = sum(s.get("samples", 0) for s in shard_stats)
+        return {"student_accuracy": round(passed / max(1, samples), 4)}
 
 
 def summary(manifest: dict) -> str:

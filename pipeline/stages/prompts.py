@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
-from pipeline.stages import input_ref
+from pipeline.stages import Stage, input_ref
 from pipeline.tasks import SourceConfig, load_source
 
 STAGE = "prompts"
@@ -67,6 +67,7 @@ def run(
     num_shards: int | None = None,
     shard_index: int | None = None,
     overwrite: bool = False,
+    executor=None,
 ) -> dict | None:
     source = context.source
     if source is None:
@@ -93,7 +94,21 @@ def run(
         seen.add(rid)
     table = table.append_column("_first", pa.array(first))
 
-    def work(shard: pa.Table, index: int) -> store.ShardOutput:
+    n = num_shards or store.default_num_shards(table.num_rows, config.shard_size)
+    return store.run_sharded(
+        st, table, PromptsStage(), num_shards=n, shard_index=shard_index, executor=executor
+    )
+
+
+class PromptsStage(Stage):
+    """Keeps the first row of each id; later duplicates go to rejected/ (found before sharding)."""
+
+    name = STAGE
+    version = VERSION
+    reads = ("id", "_first")
+    writes = tuple(SCHEMA.names)
+
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         keep = shard.column("_first")
         data = shard.filter(keep).drop_columns(["_first"])
         dups = shard.filter(pc.invert(keep)).drop_columns(["_first"])
@@ -101,10 +116,6 @@ def run(
             "reject_reason", pa.array(["duplicate_prompt"] * dups.num_rows, pa.string())
         )
         return store.ShardOutput(data=data, rejected=dups, stats={"rejected_by_reason": _count(dups)})
-
-    n = num_shards or store.default_num_shards(table.num_rows, config.shard_size)
-    manifest = store.run_sharded(st, table, work, num_shards=n, shard_index=shard_index)
-    return manifest
 
 
 def _count(rejected: pa.Table) -> dict[str, int]:

@@ -257,7 +257,7 @@ def _from_teacher(
     ]
     owned = None
     if engine is None:
-        from pipeline.stages.generate import load_teacher
+        from pipeline.engines import load_teacher
 
         engine = owned = load_teacher(context.teachers[0])
     try:

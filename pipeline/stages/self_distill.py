@@ -188,7 +188,7 @@ def run(
             if which == "rewriter":
                 ready[which] = load_engine(config.engine, resolved)
             else:
-                from pipeline.stages.generate import load_teacher
+                from pipeline.engines import load_teacher
 
                 ready[which] = load_teacher(context.critic)
             owned.append(ready[which])

@@ -239,7 +239,7 @@ def run(
 
     models = {}
     if critic_model is not None:
-        from pipeline.stages.generate import teacher_identity
+        from pipeline.engines import teacher_identity
 
         models["critic"] = teacher_identity(critic_model)
     elif engines and "critic" in engines:
@@ -285,7 +285,7 @@ def run(
         for name in config.verifiers:
             if name == "critic":
                 if "critic" not in ready:
-                    from pipeline.stages.generate import load_teacher
+                    from pipeline.engines import load_teacher
 
                     ready["critic"] = owned["critic"] = load_teacher(critic_model)
                 out.append(build_verifier("critic", engine=ready["critic"], **asdict(config.critic)))
@@ -319,7 +319,7 @@ def run(
             work,
             num_shards=n_shards,
             shard_index=shard_index,
-            manifest_extra=lambda: {"rows_in": table.num_rows, "prompts_in": len(prompt_ids)},
+            manifest_extra={"rows_in": table.num_rows, "prompts_in": len(prompt_ids)},
         )
     finally:
         for engine in owned.values():
