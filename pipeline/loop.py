@@ -311,6 +311,8 @@ def run_loop(
                     train_overrides["adapter"] = best["adapter"]
                 if loop.max_steps is not None:
                     train_overrides["max_steps"] = loop.max_steps
+                elif warm:
+                    train_overrides["num_train_epochs"] = loop.warm_epochs
                 elif loop.epochs is not None:
                     train_overrides["num_train_epochs"] = loop.epochs
                 log(f"[distill] loop {k}: training on {train_rows} rows")
@@ -453,7 +455,12 @@ def run_loop(
                 if store.read_manifest(folder)["rows_out"] == 0:
                     continue
                 out = it / ("export" if j == 0 else "export-more")
-                export.run(export.Config(formats=["sft"]), folder, out, context=context)
+                export.run(
+                    export.Config(formats=["sft"], max_per_prompt=loop.max_per_prompt),
+                    folder,
+                    out,
+                    context=context,
+                )
                 rounds_sft[-1].append(out / "data" / "sft")
             metrics["teacher_tokens"] = tokens_used
             metrics["round_s"] = round(time.perf_counter() - t_round, 1)

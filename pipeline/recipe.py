@@ -224,7 +224,7 @@ class LoopConfig:
         default="targeted",
         metadata={"help": "regeneration: targeted, task (same structure), random (control arm), teacher"},
     )
-    per_prompt: int = field(default=4, metadata={"help": "new prompts per hard prompt"})
+    per_prompt: int = field(default=3, metadata={"help": "new prompts per hard prompt"})
     warm_start: bool = field(
         default=True,
         metadata={
@@ -235,11 +235,17 @@ class LoopConfig:
     replay: float = field(
         default=1.0, metadata={"help": "warm start: old rows replayed per new row (0 = new rows only)"}
     )
+    warm_epochs: float = field(
+        default=1.0, metadata={"help": "warm start: epochs over a later round's new and replayed rows"}
+    )
+    max_per_prompt: int | None = field(
+        default=2, metadata={"help": "verified answers kept per new prompt (null: all of them)"}
+    )
     new_weight: int = field(
-        default=2, metadata={"help": "times each verified row of a later round is repeated in training"}
+        default=1, metadata={"help": "times each verified row of a later round is repeated in training"}
     )
     hard_samples: int = field(
-        default=16,
+        default=8,
         metadata={"help": "adaptive effort: most samples for a new prompt (first the generate stage's n)"},
     )
     stop_at: int = field(
