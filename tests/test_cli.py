@@ -61,6 +61,10 @@ def test_bad_data_exits_2_and_names_the_fix(tmp_path, content, args, expect):
         (lambda r: r.replace("source:", "source: [1]\nx:"), "not a known key"),
         (lambda r: r + "  - verify: {\n", "not valid YAML"),
         (lambda r: "", "is empty"),
+        (
+            lambda r: r.replace("instruct}", "instruct, adapter: no/such/adapter}"),
+            "recipe.teacher.adapter: no/such/adapter has no adapter_config.json",
+        ),
     ],
     ids=[
         "unknown-top-key",
@@ -71,6 +75,7 @@ def test_bad_data_exits_2_and_names_the_fix(tmp_path, content, args, expect):
         "junk",
         "bad-yaml",
         "empty",
+        "missing-adapter",
     ],
 )
 def test_bad_recipe_exits_2_with_the_key_path(tmp_path, edit, expect):
