@@ -61,7 +61,25 @@ def sha256_text(text: str) -> str:
 
 
 def fingerprint_of(parts: dict) -> str:
-    return sha256_text(canonical_json(parts))
+    return sha256_text(canonical_json(identity_of(parts)))
+
+
+def identity_of(parts: dict) -> dict:
+    """What a fingerprint covers: the parts, with each input known by its fingerprint, not by its path (a
+    run folder that is moved or copied keeps its identity; manifests still record the paths)."""
+    inputs = parts.get("inputs")
+    if not isinstance(inputs, list):
+        return parts
+    return {
+        **parts,
+        "inputs": [{k: v for k, v in i.items() if k != "path"} if isinstance(i, dict) else i for i in inputs],
+    }
+
+
+def same_identity(a: dict, b: dict) -> bool:
+    """Whether two sets of fingerprint parts name the same work (also for manifests written when the
+    fingerprint still covered input paths)."""
+    return canonical_json(identity_of(a)) == canonical_json(identity_of(b))
 
 
 def now_iso() -> str:
@@ -240,13 +258,18 @@ class StageStore:
         on_disk = read_manifest(self.out_dir)
         if on_disk is None:
             progress = self._read_progress()
-            if progress is not None and progress["fingerprint"] != self.fingerprint:
+            if progress is not None and not self._matches(progress):
                 self._refuse_or_clear(progress.get("fingerprint_parts", {}))
             return None
-        if on_disk.get("fingerprint") == self.fingerprint:
+        if self._matches(on_disk):
             return on_disk
         self._refuse_or_clear(on_disk.get("fingerprint_parts", {}))
         return None
+
+    def _matches(self, record: dict) -> bool:
+        return record.get("fingerprint") == self.fingerprint or same_identity(
+            record.get("fingerprint_parts") or {}, self.parts
+        )
 
     def _refuse_or_clear(self, old_parts: dict) -> None:
         if self.overwrite:
@@ -396,7 +419,7 @@ class StageStore:
         """
         with file_lock(self.out_dir / ".lock"):
             done = read_manifest(self.out_dir)
-            if done is not None and done.get("fingerprint") == self.fingerprint:
+            if done is not None and self._matches(done):
                 return done
             return self._finalize(stage, keep_failed)
 

@@ -205,3 +205,31 @@ def test_concat_keeps_schema_of_empty_shards():
 def test_atomic_json_leaves_no_temp_files(tmp_path):
     store.write_json_atomic(tmp_path / "m.json", {"a": 1})
     assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_a_moved_or_copied_run_keeps_its_identity(tmp_path):
+    """Inputs count by fingerprint, not by path: a stage copied into another run folder is complete there,
+    a changed input is still refused, and a manifest whose fingerprint covered the input path still matches."""
+    import shutil
+
+    rows = pa.table({"id": ["a", "b"], "x": [1, 2]})
+
+    def work(shard, index):
+        return store.ShardOutput(data=shard, rejected=shard.slice(0, 0), stats={})
+
+    def stage(run: str, input_fingerprint: str = "f0") -> store.StageStore:
+        parts = {"config": {"k": 1}, "inputs": [{"path": f"{run}/00-in", "fingerprint": input_fingerprint}]}
+        return store.StageStore(tmp_path / run / "01-t", "t", "1", parts)
+
+    first = store.run_sharded(stage("a"), rows, work, num_shards=1)
+    shutil.copytree(tmp_path / "a" / "01-t", tmp_path / "b" / "01-t")
+    copied = stage("b")
+    assert copied.fingerprint == first["fingerprint"]
+    assert copied.completed_manifest()["finished_at"] == first["finished_at"]
+    with pytest.raises(UserError, match=r"changed: inputs"):
+        stage("b", input_fingerprint="f1").completed_manifest()
+    # A manifest from when the fingerprint hashed the input paths too
+    manifest = json.loads((tmp_path / "a" / "01-t" / store.MANIFEST).read_text())
+    manifest["fingerprint"] = store.sha256_text(store.canonical_json(manifest["fingerprint_parts"]))
+    (tmp_path / "a" / "01-t" / store.MANIFEST).write_text(json.dumps(manifest))
+    assert stage("a").completed_manifest()["fingerprint"] == manifest["fingerprint"]
