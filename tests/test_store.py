@@ -233,3 +233,13 @@ def test_a_moved_or_copied_run_keeps_its_identity(tmp_path):
     manifest["fingerprint"] = store.sha256_text(store.canonical_json(manifest["fingerprint_parts"]))
     (tmp_path / "a" / "01-t" / store.MANIFEST).write_text(json.dumps(manifest))
     assert stage("a").completed_manifest()["fingerprint"] == manifest["fingerprint"]
+
+
+def test_an_empty_table_round_trips(tmp_path):
+    """`datasets` saves a table of no rows as metadata alone; it still loads, with its columns."""
+    table = pa.table({"id": pa.array([], pa.string()), "x": pa.array([], pa.int64())})
+    store.save_table(table, tmp_path / "empty")
+    assert not list((tmp_path / "empty").glob("*.arrow"))
+    loaded = store.load_table(tmp_path / "empty")
+    assert loaded.num_rows == 0 and loaded.schema.names == ["id", "x"]
+    assert loaded.schema.field("x").type == pa.int64()
