@@ -75,7 +75,7 @@ def test_parse_problem(reply, expected):
 
 RECIPE = """
 run: loop
-teacher: {model: smollm2-135m-instruct, engine: hf}
+teacher: {model: smollm2-135m-instruct, engine: vllm}
 student: {model: smollm2-135m-instruct}
 source: {task: arithmetic, n: 6, seed: 0}
 stages:
@@ -83,11 +83,12 @@ stages:
   - verify: {verifiers: [math]}
   - export: {formats: [sft]}
 loop: {iterations: 2, patience: 5, validation_n: 6, mine_n: 6, max_steps: 2, per_prompt: 2, max_tokens: 32,
-       hard_samples: 4, stop_at: 1, engine: hf}
+       hard_samples: 4, stop_at: 1}
 """
 
 
 def test_loop_runs_rounds_and_resumes(tmp_path):
+    """The default path: one vLLM engine for teacher and student, each round's adapter applied per request."""
     recipe = tmp_path / "loop.yaml"
     recipe.write_text(RECIPE)
     run_dir = tmp_path / "run"
@@ -105,6 +106,13 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     second = json.loads((run_dir / "loop" / "iter_1" / "train" / "manifest.json").read_text())
     assert second["config"]["adapter"] == summary["history"][0]["adapter"]
     assert summary["history"][1]["train_rows"] > 0
+    # hard negatives: round 0's mined prompts paired with the student's failing answers; round 1 runs DPO
+    pairs = run_dir / "loop" / "iter_0" / "hard-negatives" / "data" / "dpo"
+    if summary["history"][0].get("hard_negative_pairs"):
+        assert store.load_table(pairs).num_rows == summary["history"][0]["hard_negative_pairs"]
+        assert summary["history"][1]["adapter"].endswith("iter_1/train-dpo/adapter")
+    else:
+        assert not pairs.exists()
     first = summary["history"][0]
     assert first["generator"] in ("teacher", "student of round 0")
     assert summary["generation_tokens"] == first["teacher_tokens"] > 0
