@@ -154,15 +154,15 @@ def test_cli_generate_openai_exits_0(vllm_server, tmp_path):
 
     from pipeline import store
 
-    inp = _prompts_file(tmp_path / "prompts.jsonl", 16)
+    inp = _prompts_file(tmp_path / "prompts.jsonl", 64)
     out = tmp_path / "gen"
     proc = run_cli(
         "generate", "--input", str(inp), "--output", str(out), "--teacher", "smol", "--engine", "openai",
-        "--base-url", vllm_server, "--n", "2", "--max-tokens", "12", "--temperature", "0.8",
+        "--base-url", vllm_server, "--n", "2", "--max-tokens", "8", "--temperature", "0.8",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = store.read_manifest(out)
-    assert manifest["rows_out"] == 32 and manifest["rejected_by_reason"] == {}
+    assert manifest["rows_out"] == 128 and manifest["rejected_by_reason"] == {}
     assert manifest["tokens_by_teacher"]["smol"]["completion_tokens"] > 0
 
 
