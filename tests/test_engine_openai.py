@@ -353,3 +353,64 @@ def test_request_body_carries_sampling_settings(stub):
     assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"], body["seed"]) == (
         0.5, 0.9, 7, ["\n"], 11
     )  # fmt: skip
+
+
+def test_close_exists_and_is_harmless():
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
+    engine.close()
+    engine.close()
+
+
+def test_several_base_urls_share_the_work(stub):
+    a, b = stub([(200, {}, 0.05)] * 20), stub([(200, {}, 0.05)] * 20)
+    results = _engine([a.url, b.url], concurrency=2).generate(
+        [GenRequest(id=str(i), messages=Q) for i in range(20)]
+    )
+    assert [r.id for r in results] == [str(i) for i in range(20)]
+    assert all(r.error is None for r in results)
+    assert len(a.calls) + len(b.calls) == 20 and a.calls and b.calls
+
+
+def test_a_dead_server_in_the_list_leaves_the_work_to_the_live_one(stub):
+    live = stub([(200, {}, 0)] * 10)
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    results = _engine([dead, live.url], concurrency=2, max_retries=0).generate(
+        [GenRequest(id=str(i), messages=Q) for i in range(10)]
+    )
+    failed = [r for r in results if r.error]
+    assert all(r.transient and r.error.startswith("gave_up") for r in failed)
+    assert len(live.calls) == 10 - len(failed) > 0
+
+
+def test_transient_failures_are_owed_a_retry_not_rejected(stub, tmp_path):
+    """503s past max_retries leave the stage partial (exit 1 from the CLI); a rerun answers those rows, and
+    `merge --keep-failed` would have rejected them instead."""
+    from pipeline import store
+    from pipeline.errors import RetryPending
+    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.runner import merge
+    from pipeline.stages import generate
+
+    rows = [{"id": f"p{i}", "task": "custom", "prompt": f"What is {i} + 1?"} for i in range(6)]
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = generate.Config(n=1, max_tokens=4, shard_size=3)
+    s = stub([(503, {}, 0)] * 2)  # the first two requests fail, everything after succeeds
+    teacher = ModelConfig(model="m", engine="openai", base_url=s.url, concurrency=1, max_retries=0)
+    ctx = RunContext(teachers=[teacher])
+    with pytest.raises(RetryPending, match="2 rows failed"):
+        generate.run(cfg, inp, tmp_path / "gen", context=ctx, progress=False)
+    assert store.stage_status(tmp_path / "gen")["shards_retry"] == 1
+    with pytest.raises(Exception, match="not done"):
+        merge(tmp_path / "gen")
+    manifest = generate.run(cfg, inp, tmp_path / "gen", context=ctx, progress=False)
+    assert manifest["rows_out"] == 6 and manifest["rejected_by_reason"] == {}
+    assert manifest["tokens_by_teacher"]["m"]["rows"] == 6
+    assert len(s.calls) == 8  # 6 rows + the 2 failed tries, nothing answered twice
+
+    s2 = stub([(503, {}, 0)] * 2)
+    ctx2 = RunContext(teachers=[ModelConfig(model="m", engine="openai", base_url=s2.url, max_retries=0)])
+    with pytest.raises(RetryPending):
+        generate.run(cfg, inp, tmp_path / "gen2", context=ctx2, progress=False)
+    kept = merge(tmp_path / "gen2", keep_failed=True)
+    assert kept["rows_out"] == 4 and sum(kept["rejected_by_reason"].values()) == 2

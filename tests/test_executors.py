@@ -137,3 +137,25 @@ def test_submitit_local_array_then_merge_equals_one_process_run(prompts, tmp_pat
     assert _without_timings(manifest) == _without_timings(local_manifest)
     assert manifest["tokens_by_teacher"].keys() == local_manifest["tokens_by_teacher"].keys()
     assert store.load_table(out / "data").to_pylist() == local_rows
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["verify", "--input", "x", "--output", "y", "--executor", "ray"], "runs only with --executor local"),
+        (["generate", "--input", "x", "--output", "y", "--address", "ray://h:1"], "need --executor"),
+        (
+            ["generate", "--input", "x", "--output", "y", "--executor", "ray", "--shard-index", "0"],
+            "drop it to let --executor run the shards",
+        ),
+        (["retry", "nowhere"], "has no shards"),
+        (["merge", "nowhere"], "has no shards"),
+    ],
+)
+def test_executor_misuse_exits_2_and_names_the_fix(tmp_path, args, expect):
+    from conftest import run_cli
+
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and expect in proc.stderr
+    assert "Traceback" not in proc.stderr
