@@ -159,3 +159,22 @@ def test_executor_misuse_exits_2_and_names_the_fix(tmp_path, args, expect):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error:") and expect in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_submitit_array_waits_then_merges_prompts_stage(tmp_path):
+    """`wait` (the default): run() returns the joined stage, equal to a one-process run's."""
+    pytest.importorskip("submitit")
+    from pipeline.stages import prompts
+    from pipeline.tasks import SourceConfig
+
+    ctx = RunContext(source=SourceConfig(task="arithmetic", n=40, seed=1))
+    local = prompts.run(prompts.Config(), None, tmp_path / "local", context=ctx, num_shards=4)
+    executor = SlurmExecutor(ExecutorConfig(kind="slurm", cluster="local", time_min=5))
+    out = tmp_path / "array"
+    manifest = prompts.run(prompts.Config(), None, out, context=ctx, num_shards=4, executor=executor)
+    assert manifest is not None and store.read_manifest(out) == manifest
+    assert _without_timings(manifest) == _without_timings(local)
+    assert (
+        store.load_table(out / "data").to_pylist()
+        == store.load_table(tmp_path / "local" / "data").to_pylist()
+    )
