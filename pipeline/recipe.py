@@ -52,6 +52,10 @@ class ModelConfig:
         default=None, metadata={"help": "label recorded in the `teacher` column (default: model)"}
     )
     revision: str | None = field(default=None, metadata={"help": "hub revision (hub ids only)"})
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "a LoRA adapter folder on top of model (vllm: applied per request; hf: PEFT)"},
+    )
     # vllm / hf
     dtype: str | None = field(
         default=None, metadata={"help": "float32 on CPU (default), bfloat16/auto on GPU"}
@@ -100,6 +104,15 @@ class ModelConfig:
             raise UserError(
                 f"{path}.base_url is required with engine: openai (e.g. http://127.0.0.1:8000/v1)"
             )
+        if self.adapter and self.engine == "openai":
+            raise UserError(
+                f"{path}.adapter: serve the adapter with `--lora-modules NAME=PATH` and set served_model_name "
+                "to NAME instead"
+            )
+        if self.adapter and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise UserError(
+                f"{path}.adapter: {self.adapter} has no adapter_config.json; pass a LoRA adapter folder"
+            )
         if self.concurrency < 1:
             raise UserError(f"{path}.concurrency must be at least 1 (requests in flight per server)")
         if self.max_retries < 0:
@@ -135,6 +148,12 @@ class ModelConfig:
             ),
         }[self.engine]
         options = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.adapter and self.engine == "vllm":
+            from pipeline.train.evaluate import adapter_rank
+
+            options.update(enable_lora=True, max_lora_rank=adapter_rank(self.adapter))
+        elif self.adapter and self.engine == "hf":
+            options["adapter"] = self.adapter
         if options.get("pipeline_parallel_size") == 1:
             del options["pipeline_parallel_size"]  # the default: keeps fingerprints of older runs
         return options
@@ -205,12 +224,28 @@ class LoopConfig:
         default="targeted",
         metadata={"help": "regeneration: targeted, task (same structure), random (control arm), teacher"},
     )
-    per_prompt: int = field(default=4, metadata={"help": "new prompts per hard prompt"})
+    per_prompt: int = field(default=3, metadata={"help": "new prompts per hard prompt"})
+    warm_start: bool = field(
+        default=True,
+        metadata={
+            "help": "later rounds keep training the best student on the new rows plus a replay sample "
+            "(false: a fresh adapter on all data so far every round)"
+        },
+    )
+    replay: float = field(
+        default=1.0, metadata={"help": "warm start: old rows replayed per new row (0 = new rows only)"}
+    )
+    warm_epochs: float = field(
+        default=1.0, metadata={"help": "warm start: epochs over a later round's new and replayed rows"}
+    )
+    max_per_prompt: int | None = field(
+        default=2, metadata={"help": "verified answers kept per new prompt (null: all of them)"}
+    )
     new_weight: int = field(
-        default=2, metadata={"help": "times each verified row of a later round is repeated in training"}
+        default=1, metadata={"help": "times each verified row of a later round is repeated in training"}
     )
     hard_samples: int = field(
-        default=16,
+        default=8,
         metadata={"help": "adaptive effort: most samples for a new prompt (first the generate stage's n)"},
     )
     stop_at: int = field(
@@ -225,9 +260,19 @@ class LoopConfig:
     )
     engine: Literal["hf", "vllm"] = field(
         default="vllm",
-        metadata={"help": "engine the student is evaluated on (vllm: the adapter is merged first)"},
+        metadata={"help": "engine the student is evaluated on (vllm: adapters applied per request)"},
     )
     max_tokens: int = field(default=128, metadata={"help": "most new tokens per student answer"})
+    hard_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "the mined prompts are answered too, and after SFT a DPO pass prefers their verified "
+            "answer (chosen) over the student's own failing answer (rejected)"
+        },
+    )
+    dpo_config: str = field(
+        default="scripts/configs/dpo.yaml", metadata={"help": "TRL DPO config of the hard-negative pass"}
+    )
 
 
 @dataclass

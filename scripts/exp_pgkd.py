@@ -39,7 +39,7 @@ teacher: {{model: smollm2-135m-instruct, engine: vllm}}
 student: {{model: smollm2-135m-instruct}}
 source: {{task: arithmetic, n: {n}, seed: {seed}, split: train}}
 stages:
-  - generate: {{n: 4, temperature: 0.8, top_p: 0.95, max_tokens: 96, seed: {seed}}}
+  - generate: {{n: 4, temperature: 0.8, top_p: 0.95, max_tokens: 96, seed: {seed}, logprobs: 5}}
   - verify: {{verifiers: [math], dedup: {{minhash_threshold: 0.9}}}}
   - export: {{formats: [sft]}}
 loop: {loop}
@@ -50,7 +50,9 @@ ABLATIONS = {  # one lever switched off per row
     "- targeted regeneration (same structure, new numbers)": {"method": "task"},
     "- adaptive effort (no extra samples for hard prompts)": {"hard_samples": 4},
     "- student as generator (teacher only)": {"generator": "teacher"},
-    "- weighting of new rows (replay only)": {"new_weight": 1},
+    "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
+    "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
+    "- weighting of new rows": {"new_weight": 1},
     "- honest stopping (patience 1)": {"patience": 1},
 }
 
@@ -84,7 +86,7 @@ def run_loop_arm(folder: Path, seed: int, loop: dict, test_n: int, base_run: Pat
     if base_run is not None and not (folder / "run").exists():
         # The same recipe stages as `base_run`: share its base dataset instead of generating it again (the
         # stage fingerprints match, so the loop sees finished stages).
-        for stage in sorted(base_run.glob("0[0-9]-*")):
+        for stage in sorted(base_run.glob("0[0-2]-*")):  # prompts, generate, verify (export is the arm's own)
             shutil.copytree(stage, folder / "run" / stage.name)
     if not (folder / "run" / "loop" / "summary.json").exists():
         distill("loop", str(recipe), "--run-dir", str(folder / "run"))
@@ -141,6 +143,12 @@ def main() -> None:
     )
     ap.add_argument("--no-control", action="store_true", help="skip the random-regeneration control arm")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the plumbing")
+    ap.add_argument(
+        "--base-run",
+        type=Path,
+        help="a finished quickstart run (runs/quickstart): the first seed's arms reuse its generated and "
+        "verified base data (same recipe stages, so the fingerprints match) instead of generating it again",
+    )
     args = ap.parse_args()
     loop = {"iterations": 3}
     if args.quick:
@@ -150,15 +158,17 @@ def main() -> None:
     results: dict = {"base": evaluate(None, out / "base-test.json", args.test_n), "seeds": {}}
     for seed in args.seeds:
         arms = {}
-        arms["loop"] = run_loop_arm(out / f"loop-s{seed}", seed, {**loop, "_n": args.n}, args.test_n)
+        reuse = args.base_run if seed == args.seeds[0] else None
+        arms["loop"] = run_loop_arm(out / f"loop-s{seed}", seed, {**loop, "_n": args.n}, args.test_n, reuse)
         base_run = out / f"loop-s{seed}" / "run"
-        if not args.no_control:
-            control = {**loop, "method": "random", "_n": args.n}
-            arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run)
         arms["single-pass"] = run_single_pass(
             out / f"single-s{seed}", seed, arms["loop"]["tokens"], base_run, args.n, loop, args.test_n
         )
         results["seeds"][seed] = arms
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        if not args.no_control:
+            control = {**loop, "method": "random", "_n": args.n}
+            arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     if args.ablations:
         seed = args.seeds[0]

@@ -31,10 +31,10 @@ def model_path(embedded) -> str:
 
 @pytest.fixture(scope="session")
 def vllm_engine(embedded):
-    """The session's single vLLM engine on the embedded model."""
+    """The session's single vLLM engine on the embedded model; it applies LoRA adapters per request."""
     from pipeline.engines.vllm import VLLMEngine
 
-    engine = VLLMEngine(embedded, max_model_len=1024)
+    engine = VLLMEngine(embedded, max_model_len=1024, enable_lora=True, max_lora_rank=16)
     yield engine
     engine.close()
 

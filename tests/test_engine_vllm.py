@@ -80,3 +80,45 @@ def test_stop_strings_and_progress_callback(vllm_engine):
     assert sum(t for _, t in seen) == sum(s.completion_tokens for r in results for s in r.samples)
     for r in results:
         assert "5" not in r.samples[0].text
+
+
+def _random_adapter(model_path: str, folder, seed: int) -> str:
+    """A LoRA adapter with small random weights (no training needed to change the model's answers)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.02)
+    peft_model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_lora_adapters_per_request_match_peft(vllm_engine, model_path, tmp_path):
+    """One engine serves the base model and several adapters in one batch (no merged copy, no restart), and
+    each adapter's greedy answers are the ones PEFT gives on the same weights."""
+    from pipeline.engines.hf import HFEngine
+    from pipeline.models import resolve
+
+    adapters = [_random_adapter(model_path, tmp_path / f"lora{i}", seed=i) for i in range(2)]
+    questions = ["What is 3 + 5?", "Name a colour.", "What is the capital of France?"]
+    reqs = [
+        _req(f"{i}-{j}", messages=[{"role": "user", "content": q}], max_tokens=12, adapter=adapter)
+        for i, adapter in enumerate([None, *adapters])
+        for j, q in enumerate(questions)
+    ]
+    answers = [r.samples[0].text for r in vllm_engine.generate(reqs)]
+    base, first, second = answers[:3], answers[3:6], answers[6:]
+    assert first != base and second != first  # the adapters are applied, each its own
+    peft = HFEngine(resolve(model_path), adapter=adapters[0], batch_size=4)
+    try:
+        expected = [r.samples[0].text for r in peft.generate(reqs[3:6])]
+    finally:
+        peft.close()
+    assert sum(a == b for a, b in zip(first, expected, strict=True)) >= 2, (first, expected)

@@ -101,7 +101,10 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     regen = json.loads((run_dir / "loop" / "iter_0" / "regenerate" / "manifest.json").read_text())
     mined = json.loads((run_dir / "loop" / "iter_0" / "mine" / "manifest.json").read_text())
     assert regen["rows_in"] == mined["rows_out"] > 0
-    assert summary["history"][1]["train_rows"] >= summary["history"][0]["train_rows"]
+    # round 1 keeps training round 0's student (warm start) on the new rows plus replayed old ones
+    second = json.loads((run_dir / "loop" / "iter_1" / "train" / "manifest.json").read_text())
+    assert second["config"]["adapter"] == summary["history"][0]["adapter"]
+    assert summary["history"][1]["train_rows"] > 0
     first = summary["history"][0]
     assert first["generator"] in ("teacher", "student of round 0")
     assert summary["generation_tokens"] == first["teacher_tokens"] > 0
@@ -170,3 +173,75 @@ def test_rounds_merge_without_duplicates_and_weight_new_rows(tmp_path):
     assert pairs.count(("a", "2")) == 1  # the same answer again in a later round is not new data
     assert pairs.count(("c", "6")) == 3 and pairs.count(("c", "Answer: 6")) == 3
     assert table.num_rows == 2 + 2 * 3
+
+
+def _sft_folder(folder, rows):
+    table = pa.Table.from_pylist(
+        [
+            {"id": rid, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for rid, q, a in rows
+        ]
+    )
+    store.save_table(table, folder)
+    return folder
+
+
+def test_warm_round_trains_new_rows_weighted_plus_a_replay_sample(tmp_path):
+    from pipeline.loop import _warm_table
+
+    old = _sft_folder(tmp_path / "old", [(f"o{i}", f"{i}+1?", str(i + 1)) for i in range(10)])
+    new = _sft_folder(tmp_path / "new", [("o1", "1+1?", "2"), ("n1", "7*8?", "56"), ("n2", "6*7?", "42")])
+    table = _warm_table([old], [new], weight=2, replay=1.5, seed=0)
+    ids = table.column("id").to_pylist()
+    assert ids.count("n1") == ids.count("n2") == 2  # new rows, weighted
+    replayed = [i for i in ids if i.startswith("o")]
+    assert len(replayed) == 3 and len(set(replayed)) == 3  # 1.5 old rows per new row, no repeats
+    assert table.equals(_warm_table([old], [new], weight=2, replay=1.5, seed=0))  # deterministic
+    nothing_new = _sft_folder(tmp_path / "again", [("o2", "2+1?", "3")])
+    assert _warm_table([old], [nothing_new], weight=2, replay=1.0, seed=0).num_rows == 0
+
+
+def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp_path):
+    from pipeline.loop import _answer_set, _hard_negative_pairs
+    from pipeline.stages.prompts import SCHEMA
+
+    def prompt(rid, q, **extra):
+        return {
+            "id": rid,
+            "task": "arithmetic",
+            "messages": [{"role": "user", "content": q}],
+            "prompt": q,
+            "reference": "56",
+            "meta": "{}",
+            **extra,
+        }
+
+    hard = [
+        prompt("h1", "7*8?", student_completion="Answer: 54"),
+        prompt("h2", "6*9?", student_completion="54?"),
+    ]
+    schema = SCHEMA.append(pa.field("student_completion", pa.string()))
+    store.save_table(pa.Table.from_pylist(hard, schema=schema), tmp_path / "mine" / "data")
+    store.save_table(
+        pa.Table.from_pylist([prompt("r1", "8*7?"), prompt("h1", "7*8?")], schema=SCHEMA),
+        tmp_path / "regen" / "data",
+    )
+    answers = _answer_set(tmp_path / "mine", tmp_path / "regen")
+    assert answers.column("id").to_pylist() == ["h1", "h2", "r1"] and answers.schema.equals(SCHEMA)
+    verified = pa.Table.from_pylist(
+        [
+            {"id": "h1", "completion": "7 times 8 is 56. Answer: 56"},
+            {"id": "h1", "completion": "Answer: 56"},
+            {"id": "r1", "completion": "Answer: 56"},
+        ]
+    )
+    store.save_table(verified, tmp_path / "verify" / "data")
+    pairs = _hard_negative_pairs(tmp_path / "mine", [tmp_path / "verify"]).to_pylist()
+    assert pairs == [
+        {
+            "id": "h1",
+            "prompt": [{"role": "user", "content": "7*8?"}],
+            "chosen": [{"role": "assistant", "content": "Answer: 56"}],  # the shortest verified answer
+            "rejected": [{"role": "assistant", "content": "Answer: 54"}],
+        }
+    ]  # h2 has no verified answer: no pair

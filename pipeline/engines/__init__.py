@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
@@ -26,6 +27,9 @@ class GenRequest:
     stop: list[str] | None = None
     seed: int | None = None
     logprobs: int = 0  # top-k logprobs per completion token (0 = none, at most 20)
+    adapter: str | None = (
+        None  # a LoRA adapter folder to answer with (vllm: an engine built with enable_lora)
+    )
 
 
 @dataclass
@@ -112,9 +116,12 @@ def model_identity(mc) -> dict:
     options = {k: v for k, v in mc.engine_options().items() if k not in RUNTIME_OPTIONS}
     if mc.engine == "openai":  # the model lives behind the server(s): its name is all we know
         return {"engine": "openai", "model": mc.served_model_name or mc.model, "options": options}
-    from pipeline.models import resolve
+    from pipeline.models import resolve, weights_hash
 
-    return {"engine": mc.engine, "identity": resolve(mc.model, mc.revision).identity, "options": options}
+    identity = {"engine": mc.engine, "identity": resolve(mc.model, mc.revision).identity, "options": options}
+    if getattr(mc, "adapter", None):
+        identity["adapter"] = weights_hash(Path(mc.adapter))
+    return identity
 
 
 def load_model_engine(mc) -> Engine:

@@ -71,6 +71,8 @@ class VLLMEngine:
         enable_prefix_caching: bool | None = None,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        enable_lora: bool = False,
+        max_lora_rank: int = 64,
         **extra,
     ) -> None:
         gpu = _on_gpu()
@@ -86,6 +88,10 @@ class VLLMEngine:
         }
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if (
+            enable_lora
+        ):  # requests may then name a LoRA adapter folder (GenRequest.adapter): no merge, no restart
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if enable_prefix_caching is not None:
@@ -108,6 +114,20 @@ class VLLMEngine:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         # vLLM refuses logprobs above this per request; checked per request so one bad request is an error row.
         self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
+        self.lora = enable_lora
+        self._lora_ids: dict[str, int] = {}  # adapter folder -> vLLM's integer LoRA id
+
+    def lora_request(self, adapter: str | None):
+        """The LoRARequest for an adapter folder (None for the base model)."""
+        if adapter is None:
+            return None
+        if not self.lora:
+            raise ValueError("this vLLM engine was built without enable_lora; it cannot apply an adapter")
+        from vllm.lora.request import LoRARequest
+
+        path = os.path.abspath(adapter)
+        lora_id = self._lora_ids.setdefault(path, len(self._lora_ids) + 1)
+        return LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id, lora_path=path)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The chat-template rendering vLLM's own ``LLM.chat`` uses: template to text, then no extra BOS."""
@@ -119,7 +139,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         results: dict[int, GenResult] = {}
-        prompts, params, index = [], [], []
+        prompts, params, index, loras = [], [], [], []
         for i, req in enumerate(requests):
             try:
                 ids = self.prompt_ids(req.messages)
@@ -158,9 +178,11 @@ class VLLMEngine:
             prompts.append({"prompt_token_ids": ids})
             params.append(sp)
             index.append(i)
+            loras.append(self.lora_request(req.adapter))
 
         if prompts:
-            request_ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+            lora = loras if any(loras) else None
+            request_ids = self.llm.enqueue(prompts, params, lora_request=lora, use_tqdm=False)
             # enqueue returns internal ids ("<counter>-<random>"); outputs carry the external "<counter>".
             position = {rid.split("-", 1)[0]: i for rid, i in zip(request_ids, index, strict=True)}
             # Drive the engine ourselves (as LLM._run_engine does) so each finished request reaches the

@@ -249,8 +249,9 @@ class GenerateStage(Stage):
             part = shard.filter(pc.equal(shard.column("teacher"), label))
             engine = self._engine_for(label)
             t0 = time.perf_counter()
+            adapter = self.teachers[label].adapter if hasattr(engine, "lora_request") else None
             data, rejected, teacher_stats, failed = _generate(
-                engine, part.to_pylist(), self.config, self.system_texts, self._bar
+                engine, part.to_pylist(), self.config, self.system_texts, self._bar, adapter
             )
             teacher_stats["generate_s"] = time.perf_counter() - t0
             datas.append(data)
@@ -325,8 +326,9 @@ def _text(value) -> str:
     )
 
 
-def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar) -> tuple:
-    """Answer one teacher's rows: (accepted table, rejected table, stats, [(position, row) owed a retry])."""
+def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar, adapter=None) -> tuple:
+    """Answer one teacher's rows: (accepted table, rejected table, stats, [(position, row) owed a retry]).
+    ``adapter``: a LoRA folder the engine applies per request (vllm)."""
     from pipeline.engines import GenRequest
 
     stats = {"rows": 0, "samples": 0, "prompt_tokens": 0, "completion_tokens": 0, "rejected_by_reason": {}}
@@ -350,6 +352,7 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar)
                 stop=config.stop,
                 seed=row["seed"],
                 logprobs=config.logprobs,
+                adapter=adapter,
             )
         )
         served.append(row)

@@ -84,6 +84,13 @@ def train(job: TrainJob):
     if len(dataset) == 0:
         raise UserError(f"dataset {job.dataset_dir} is empty; check the verify stage kept some rows")
     resolved, model, tokenizer = load_model_and_tokenizer(job.model, use_cpu=job.args.use_cpu)
+    if job.adapter:  # keep training an adapter (e.g. the loop's best student) rather than a fresh one
+        from dataclasses import replace
+
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, job.adapter, is_trainable=True)
+        job = replace(job, peft=None)
     trainer = build_trainer(job, model, tokenizer, dataset)
 
     t_train = time.perf_counter()
@@ -96,7 +103,7 @@ def train(job: TrainJob):
     out = Path(job.args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trained = trainer.model
-    is_peft = job.peft is not None
+    is_peft = job.peft is not None or job.adapter is not None
     weights_dir = out / ("adapter" if is_peft else "model")
     trained.save_pretrained(weights_dir)
     tokenizer.save_pretrained(weights_dir)

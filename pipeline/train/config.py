@@ -33,7 +33,7 @@ import yaml
 
 from pipeline.errors import UserError
 
-OUR_KEYS = ("model", "recipe", "run_dir", "dataset", "peft", "merge")
+OUR_KEYS = ("model", "recipe", "run_dir", "dataset", "peft", "adapter", "merge")
 MODES = ("sft", "dpo", "gkd", "kd")
 # The export subfolder each mode reads, and the columns it needs (any one of the alternatives).
 EXPORT_FORMAT = {"sft": "sft", "dpo": "dpo", "gkd": "sft", "kd": "kd"}
@@ -57,6 +57,7 @@ class TrainJob:
     peft: Any | None  # peft.LoraConfig or None (full fine-tuning)
     merge: bool
     raw: dict  # the YAML after overrides, secrets redacted: goes into the manifest
+    adapter: str | None = None  # a LoRA adapter folder to keep training (instead of a new one from `peft`)
 
 
 def config_class(mode: str):
@@ -118,6 +119,11 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
     dataset = raw.pop("dataset", None)
     peft_fields = raw.pop("peft", None)
     merge = raw.pop("merge", False)
+    adapter = raw.pop("adapter", None)
+    if adapter is not None and not (Path(str(adapter)) / "adapter_config.json").is_file():
+        raise UserError(
+            f"`adapter: {adapter}` has no adapter_config.json; pass a LoRA adapter folder to keep training"
+        )
     if not isinstance(model, str) or not model:
         raise UserError(
             "training config needs `model: <spec>` (e.g. smollm2-135m-instruct) or `recipe: <recipe.yaml>`"
@@ -163,9 +169,11 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
 
     dataset_dir = resolve_dataset(dataset, mode)
     shown = {"model": model, "dataset": dataset, "peft": peft_fields, "merge": merge, **raw}
+    if adapter is not None:
+        shown["adapter"] = str(adapter)
     if recipe is not None:
         shown.update(recipe=str(recipe), run_dir=run_dir)
-    return TrainJob(mode, args, model, dataset_dir, peft_config, merge, redact(shown))
+    return TrainJob(mode, args, model, dataset_dir, peft_config, merge, redact(shown), adapter)
 
 
 def cpu_safe_defaults(mode: str) -> dict:

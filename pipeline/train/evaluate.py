@@ -11,10 +11,9 @@ unbiased pass@k estimate of Chen et al. (2021) for k = n.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,8 +67,15 @@ def check(task: str, rows: list[dict], verifier: str | None = None) -> list[bool
     return out
 
 
+def adapter_rank(adapter: str) -> int:
+    """The max_lora_rank a vLLM engine needs for an adapter folder: its rank, rounded up to one vLLM takes."""
+    rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r") or 8)
+    return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
+
+
 def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
-    """The engine to generate with, and a cleanup callback (vllm + adapter writes a merged copy)."""
+    """The engine to generate with, and a cleanup callback. On vllm an adapter is applied per request
+    (LoRA in vLLM, no merged copy), so requests must carry ``adapter``."""
     from pipeline.models import resolve
 
     resolved = resolve(model)
@@ -87,21 +93,9 @@ def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, m
         raise UserError(f"unknown engine '{engine}'; use hf or vllm")
     from pipeline.engines.vllm import VLLMEngine
 
-    merged_dir = None
-    if adapter is not None:
-        merged_dir = Path(tempfile.mkdtemp(prefix="distill-merged-"))
-        from pipeline.train import merge_adapter
-
-        merge_adapter(resolved.path, Path(adapter), merged_dir)
-        resolved = resolve(str(merged_dir))
-    eng = VLLMEngine(resolved, max_model_len=max_model_len)
-
-    def cleanup() -> None:
-        eng.close()
-        if merged_dir is not None:
-            shutil.rmtree(merged_dir, ignore_errors=True)
-
-    return eng, cleanup
+    lora = {"enable_lora": True, "max_lora_rank": adapter_rank(adapter)} if adapter else {}
+    eng = VLLMEngine(resolved, max_model_len=max_model_len, **lora)
+    return eng, eng.close
 
 
 def evaluate(
@@ -148,7 +142,14 @@ def evaluate(
     try:
         requests = [
             GenRequest(
-                id=r["id"], messages=r["messages"], n=n, temperature=temp, max_tokens=max_tokens, seed=seed
+                id=r["id"],
+                messages=r["messages"],
+                n=n,
+                temperature=temp,
+                max_tokens=max_tokens,
+                seed=seed,
+                # vllm applies the adapter per request; hf was built with it
+                adapter=adapter if hasattr(engine_obj, "lora_request") else None,
             )
             for r in rows
         ]
