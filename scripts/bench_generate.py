@@ -152,7 +152,8 @@ def main() -> None:
 
         server, url = start_server(model.path, args.max_model_len)
         try:
-            engine = OpenAIEngine(url, "bench", concurrency=args.concurrency)
+            # The same transport for both sides: concurrency and a timeout that queueing cannot hit.
+            engine = OpenAIEngine(url, "bench", concurrency=args.concurrency, timeout=600)
             teacher = ModelConfig(
                 model=model.spec,
                 engine="openai",
