@@ -140,6 +140,13 @@ def save_table(table: pa.Table, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     Dataset(table).save_to_disk(str(tmp))
+    if not any(tmp.glob("data-*.arrow")):
+        # `datasets` writes no data file for zero rows, and then neither it nor we can read the folder back:
+        # write one and list it, so an empty stage reads back (with its schema) like any other.
+        _write_ipc(table, tmp / "data-00000-of-00001.arrow")
+        state = json.loads((tmp / "state.json").read_text())
+        state["_data_files"] = [{"filename": "data-00000-of-00001.arrow"}]
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
