@@ -191,7 +191,8 @@ class RayExecutor:
 
 
 class ShardWorker:
-    """A Ray actor: loads the stage once and keeps its engine across the shards it is given."""
+    """A Ray actor: loads the stage once and keeps its engine across the shards it is given (the engine
+    goes when the executor kills the actor at the end)."""
 
     def __init__(self, stage_dir: str) -> None:
         from pipeline.runner import _open_stage
@@ -205,9 +206,6 @@ class ShardWorker:
         if not self.store.shard_done(index):
             self.store.run_shard(self.stage, self.rows, self.num_shards, index)
         return index
-
-    def __ray_terminate__(self) -> None:  # pragma: no cover - called by Ray on a graceful exit
-        self.stage.close()
 
 
 # --------------------------------------------------------------------------- Slurm (submitit)

@@ -90,7 +90,13 @@ class ModelConfig:
         default="OPENAI_API_KEY", metadata={"help": "openai: environment variable with the key"}
     )
     concurrency: int = field(default=64, metadata={"help": "openai: requests in flight per server"})
-    timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request"})
+    timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "openai: seconds per request, queueing at the server included (with many requests in "
+            "flight on a slow server a short timeout retries work the server is still doing)"
+        },
+    )
     max_retries: int = field(
         default=6, metadata={"help": "openai: retries of a request that failed with a 5xx, 429 or timeout"}
     )

@@ -21,6 +21,21 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+
+# The prompt rows' Arrow schema (DESIGN.md "prompts"); every stage that reads or writes prompts uses it.
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+PROMPT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("task", pa.string()),
+        ("messages", MESSAGES),
+        ("prompt", pa.string()),
+        ("reference", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
 
 def messages_of(row: dict) -> list[dict]:
     """The row's conversation as ``[{"role", "content"}]``: ``messages``, else ``prompt`` as a user turn."""

@@ -41,7 +41,13 @@ def run_recipe(
         module = stage_module(name)
         t0 = time.perf_counter()
         was_done = store.read_manifest(folder) is not None
-        manifest = run_stage(name, config, previous, folder, context, overwrite=overwrite, executor=executor)
+        here = executor
+        if executor is not None and not ships(name):
+            here = None
+            log(
+                f"[distill] {folder.name}: runs here (this stage does not ship to --executor {executor.name})"
+            )
+        manifest = run_stage(name, config, previous, folder, context, overwrite=overwrite, executor=here)
         if manifest is None:
             raise UserError(
                 f"{name}: shards remain unfinished in {folder}; rerun to finish them "
@@ -134,13 +140,18 @@ def retry(stage_dir: str | Path, executor=None) -> dict | None:
         stage.close()
 
 
+def ships(name: str) -> bool:
+    """Whether a stage's work can run on another executor (it is a stage object, not a closure)."""
+    return "executor" in inspect.signature(stage_module(name).run).parameters
+
+
 def run_stage(
     name: str, config, input_path: Path | None, output: Path, context: RunContext, executor=None, **kw
 ) -> dict | None:
     """Run one stage; a stage that cannot ship its work elsewhere runs only with the local executor."""
     module = stage_module(name)
     if executor is not None and executor.name != "local":
-        if "executor" not in inspect.signature(module.run).parameters:
+        if not ships(name):
             raise UserError(f"{name}: this stage runs only with --executor local")
         kw["executor"] = executor
     return module.run(config, input_path, output, context=context, **kw)

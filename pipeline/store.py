@@ -158,6 +158,13 @@ def save_table(table: pa.Table, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     Dataset(table).save_to_disk(str(tmp))
+    if not any(tmp.glob("data-*.arrow")):
+        # `datasets` writes no data file for zero rows, and then neither it nor we can read the folder back:
+        # write one and list it, so an empty stage reads back (with its schema) like any other.
+        _write_ipc(table, tmp / "data-00000-of-00001.arrow")
+        state = json.loads((tmp / "state.json").read_text())
+        state["_data_files"] = [{"filename": "data-00000-of-00001.arrow"}]
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -300,7 +307,9 @@ class StageStore:
         """Record the stage's identity and shard count (once); with a stage object, also its input rows and
         the stage itself, so a worker elsewhere, `distill merge` and `distill retry` can pick them up."""
         self.shards_dir.mkdir(parents=True, exist_ok=True)
-        if stage is not None and not (self.shards_dir / "stage.pkl").exists():
+        if stage is not None:
+            # Rewritten on every run: transport settings (a server's URL, concurrency) are not part of the
+            # fingerprint and may have changed since the last try; workers and `distill retry` use these.
             import cloudpickle
 
             tmp = self.shards_dir / f".stage.pkl.tmp.{os.getpid()}"
@@ -564,7 +573,7 @@ def run_sharded(
         progress = store._read_progress()
         if progress.get("manifest_extra") != manifest_extra:
             write_json_atomic(store._progress_path(), {**progress, "manifest_extra": manifest_extra})
-    todo = [i for i in ([shard_index] if shard_index is not None else range(num_shards))]
+    todo = [shard_index] if shard_index is not None else list(range(num_shards))
     todo = [i for i in todo if not store.shard_done(i)]
     if todo:
         if executor is None or getattr(executor, "name", "local") == "local":

@@ -10,8 +10,11 @@ input, sharding, writing Arrow shards, joining them and writing the manifest), a
 With per-prompt seeds both sides produce the same completions, which the script checks.
 
 ``openai`` starts ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 with the same engine settings
-and runs our stage through the openai engine; ``hf`` runs it through transformers ``generate``. Both report
-tokens/s of the whole stage on the same prompts (server/model start-up excluded).
+and, per repeat, sends the same requests with a plain asyncio client (httpx, a semaphore, ``gather``) and runs
+our stage through the openai engine at the same concurrency, in alternating order; it prints
+``ratio = ours / plain`` per repeat and the median (goal >= 0.97). ``hf`` runs the stage through
+transformers ``generate``. All report tokens/s of the whole stage on the same prompts (server/model start-up
+excluded).
 """
 
 from __future__ import annotations
@@ -149,15 +152,49 @@ def main() -> None:
 
         server, url = start_server(model.path, args.max_model_len)
         try:
-            engine = OpenAIEngine(url, "bench", concurrency=args.concurrency)
-            teacher = ModelConfig(model=model.spec, engine="openai", base_url=url, served_model_name="bench")
-            tps = []
+            # The same transport for both sides: concurrency and a timeout that queueing cannot hit.
+            engine = OpenAIEngine(url, "bench", concurrency=args.concurrency, timeout=600)
+            teacher = ModelConfig(
+                model=model.spec,
+                engine="openai",
+                base_url=url,
+                served_model_name="bench",
+                concurrency=args.concurrency,
+            )
+            bodies = [
+                {
+                    "model": "bench",
+                    "messages": conv,
+                    "n": args.n,
+                    "temperature": args.temperature,
+                    "top_p": args.top_p,
+                    "max_tokens": args.max_tokens,
+                    "seed": seed,
+                }
+                for conv, seed in zip(conversations, seeds, strict=True)
+            ]
+            plain_client(url, bodies[:16], args.concurrency)  # warm-up, not measured
+            ratios, plains, ours = [], [], []
             for rep in range(args.repeats):
-                t, _ = run_stage(teacher, engine, f"openai-{rep}")
-                tps.append(t)
-                print(f"[openai] repeat {rep}: {t:.1f} tok/s (concurrency {args.concurrency})", flush=True)
-            print(f"[openai] median: {statistics.median(tps):.1f} tok/s", flush=True)
-            figures["openai"] = {"tokens_per_s": tps}
+                if rep % 2:
+                    our_tps, _ = run_stage(teacher, engine, f"openai-{rep}")
+                plain_tps = plain_client(url, bodies, args.concurrency)
+                if rep % 2 == 0:
+                    our_tps, _ = run_stage(teacher, engine, f"openai-{rep}")
+                ratios.append(our_tps / plain_tps)
+                plains.append(plain_tps)
+                ours.append(our_tps)
+                print(
+                    f"[openai] repeat {rep}: plain asyncio client {plain_tps:.1f} tok/s | ours {our_tps:.1f} tok/s "
+                    f"| ratio = {our_tps / plain_tps:.3f} (concurrency {args.concurrency})",
+                    flush=True,
+                )
+            print(
+                f"[openai] median: plain {statistics.median(plains):.1f} tok/s, ours {statistics.median(ours):.1f} "
+                f"tok/s; ratio = ours / plain = {statistics.median(ratios):.3f} (median)",
+                flush=True,
+            )
+            figures["openai"] = {"plain_tokens_per_s": plains, "ours_tokens_per_s": ours, "ratio": ratios}
         finally:
             stop_server(server)
 
@@ -178,6 +215,29 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def plain_client(url: str, bodies: list[dict], concurrency: int) -> float:
+    """The baseline: the same requests from a bare asyncio + httpx loop; returns completion tokens/s."""
+    import asyncio
+
+    import httpx
+
+    async def go() -> int:
+        semaphore = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+            async def one(body: dict) -> int:
+                async with semaphore:
+                    resp = await client.post("/chat/completions", json=body)
+                return resp.json()["usage"]["completion_tokens"]
+
+            return sum(await asyncio.gather(*(one(b) for b in bodies)))
+
+    t0 = time.perf_counter()
+    tokens = asyncio.run(go())
+    return tokens / (time.perf_counter() - t0)
 
 
 def start_server(model_dir: str, max_model_len: int) -> tuple[subprocess.Popen, str]:

@@ -37,43 +37,71 @@ def _free_port() -> int:
 # --------------------------------------------------------------------------- real vLLM server
 
 
-@pytest.fixture(scope="module")
-def vllm_server(model_path):
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-        "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
-        # The per-request-seed crash workaround (see pipeline/engines/vllm.py).
-        "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192",
-    ]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    # A process group of its own, so stopping it also stops its engine-core child.
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+class Server:
+    """``python -m vllm.entrypoints.openai.api_server`` on the embedded model, on a fixed port, so a test can
+    stop it (SIGKILL, as a crashed node would) and start it again at the same URL."""
+
+    def __init__(self, model_path: str) -> None:
+        self.model_path = model_path
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
+            "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
+            # The per-request-seed crash workaround (see pipeline/engines/vllm.py and the README).
+            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192",
+        ]  # fmt: skip
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        # A process group of its own, so stopping it also stops its engine-core child.
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         deadline = time.time() + 300
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited: {proc.stderr.read()[-2000:]}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"vLLM server exited: {self.proc.stderr.read()[-2000:]}")
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(self.url.removesuffix("/v1") + "/health", timeout=2).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
                 pytest.fail("vLLM server did not become healthy in 300 s")
             time.sleep(1)
-        yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
         try:
-            proc.wait(timeout=30)
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    srv = Server(model_path)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def vllm_server(server):
+    if server.proc is None:
+        server.start()
+    return server.url
 
 
 def test_real_server_samples_logprobs_and_seeds(vllm_server):
@@ -111,6 +139,75 @@ def test_real_server_greedy_n1_counts_tokens(vllm_server):
     engine = OpenAIEngine(vllm_server, "smol")
     [r] = engine.generate([GenRequest(id="g", messages=Q, max_tokens=8)])
     assert r.samples[0].completion_tokens > 0 and r.samples[0].topk_ids is None
+
+
+def _prompts_file(path, n: int):
+    from pipeline.tasks import load_task
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in load_task("arithmetic", split="train", n=n)))
+    return path
+
+
+def test_cli_generate_openai_exits_0(vllm_server, tmp_path):
+    """The whole command as a user types it, with seeds and n=2 at the default 64 requests in flight."""
+    from conftest import run_cli
+
+    from pipeline import store
+
+    inp = _prompts_file(tmp_path / "prompts.jsonl", 64)
+    out = tmp_path / "gen"
+    proc = run_cli(
+        "generate", "--input", str(inp), "--output", str(out), "--teacher", "smol", "--engine", "openai",
+        "--base-url", vllm_server, "--n", "2", "--max-tokens", "8", "--temperature", "0.8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = store.read_manifest(out)
+    assert manifest["rows_out"] == 128 and manifest["rejected_by_reason"] == {}
+    assert manifest["tokens_by_teacher"]["smol"]["completion_tokens"] > 0
+
+
+def test_server_stopped_mid_stage_then_restarted_every_row_answered(server, tmp_path):
+    """SIGKILL the server after the first shard; the rows that then fail are owed a retry, not rejected,
+    and rerunning the stage against the restarted server answers every one of them."""
+    from pipeline import store
+    from pipeline.errors import RetryPending
+    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.stages import generate
+
+    if server.proc is None:
+        server.start()
+    inp = _prompts_file(tmp_path / "prompts.jsonl", 24)
+    out = tmp_path / "gen"
+    cfg = generate.Config(n=1, temperature=0.8, max_tokens=12, seed=0, shard_size=4)
+    teacher = ModelConfig(
+        model="smol", engine="openai", base_url=server.url, concurrency=4, max_retries=1, backoff_base=0.05
+    )
+    ctx = RunContext(teachers=[teacher])
+    stopped = threading.Event()
+
+    def stop_after_first_shard():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if list((out / "shards").glob("*/.done")):
+                server.stop(signal.SIGKILL)
+                stopped.set()
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=stop_after_first_shard, daemon=True)
+    killer.start()
+    with pytest.raises(RetryPending, match="distill retry"):
+        generate.run(cfg, inp, out, context=ctx, progress=False)
+    killer.join()
+    assert stopped.is_set()
+    status = store.stage_status(out)
+    assert status["status"] == "partial" and status["shards_retry"] >= 1
+    server.start()
+    manifest = generate.run(cfg, inp, out, context=ctx, progress=False)
+    assert manifest["rows_out"] == 24 and manifest["rejected_by_reason"] == {}
+    rows = store.load_table(out / "data").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted({r["id"] for r in rows})
+    assert all(r["completion"] for r in rows)
 
 
 # --------------------------------------------------------------------------- stub server for failures
@@ -256,3 +353,64 @@ def test_request_body_carries_sampling_settings(stub):
     assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"], body["seed"]) == (
         0.5, 0.9, 7, ["\n"], 11
     )  # fmt: skip
+
+
+def test_close_exists_and_is_harmless():
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
+    engine.close()
+    engine.close()
+
+
+def test_several_base_urls_share_the_work(stub):
+    a, b = stub([(200, {}, 0.05)] * 20), stub([(200, {}, 0.05)] * 20)
+    results = _engine([a.url, b.url], concurrency=2).generate(
+        [GenRequest(id=str(i), messages=Q) for i in range(20)]
+    )
+    assert [r.id for r in results] == [str(i) for i in range(20)]
+    assert all(r.error is None for r in results)
+    assert len(a.calls) + len(b.calls) == 20 and a.calls and b.calls
+
+
+def test_a_dead_server_in_the_list_leaves_the_work_to_the_live_one(stub):
+    live = stub([(200, {}, 0)] * 10)
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    results = _engine([dead, live.url], concurrency=2, max_retries=0).generate(
+        [GenRequest(id=str(i), messages=Q) for i in range(10)]
+    )
+    failed = [r for r in results if r.error]
+    assert all(r.transient and r.error.startswith("gave_up") for r in failed)
+    assert len(live.calls) == 10 - len(failed) > 0
+
+
+def test_transient_failures_are_owed_a_retry_not_rejected(stub, tmp_path):
+    """503s past max_retries leave the stage partial (exit 1 from the CLI); a rerun answers those rows, and
+    `merge --keep-failed` would have rejected them instead."""
+    from pipeline import store
+    from pipeline.errors import RetryPending
+    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.runner import merge
+    from pipeline.stages import generate
+
+    rows = [{"id": f"p{i}", "task": "custom", "prompt": f"What is {i} + 1?"} for i in range(6)]
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = generate.Config(n=1, max_tokens=4, shard_size=3)
+    s = stub([(503, {}, 0)] * 2)  # the first two requests fail, everything after succeeds
+    teacher = ModelConfig(model="m", engine="openai", base_url=s.url, concurrency=1, max_retries=0)
+    ctx = RunContext(teachers=[teacher])
+    with pytest.raises(RetryPending, match="2 rows failed"):
+        generate.run(cfg, inp, tmp_path / "gen", context=ctx, progress=False)
+    assert store.stage_status(tmp_path / "gen")["shards_retry"] == 1
+    with pytest.raises(Exception, match="not done"):
+        merge(tmp_path / "gen")
+    manifest = generate.run(cfg, inp, tmp_path / "gen", context=ctx, progress=False)
+    assert manifest["rows_out"] == 6 and manifest["rejected_by_reason"] == {}
+    assert manifest["tokens_by_teacher"]["m"]["rows"] == 6
+    assert len(s.calls) == 8  # 6 rows + the 2 failed tries, nothing answered twice
+
+    s2 = stub([(503, {}, 0)] * 2)
+    ctx2 = RunContext(teachers=[ModelConfig(model="m", engine="openai", base_url=s2.url, max_retries=0)])
+    with pytest.raises(RetryPending):
+        generate.run(cfg, inp, tmp_path / "gen2", context=ctx2, progress=False)
+    kept = merge(tmp_path / "gen2", keep_failed=True)
+    assert kept["rows_out"] == 4 and sum(kept["rejected_by_reason"].values()) == 2

@@ -137,3 +137,44 @@ def test_submitit_local_array_then_merge_equals_one_process_run(prompts, tmp_pat
     assert _without_timings(manifest) == _without_timings(local_manifest)
     assert manifest["tokens_by_teacher"].keys() == local_manifest["tokens_by_teacher"].keys()
     assert store.load_table(out / "data").to_pylist() == local_rows
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["verify", "--input", "x", "--output", "y", "--executor", "ray"], "runs only with --executor local"),
+        (["generate", "--input", "x", "--output", "y", "--address", "ray://h:1"], "need --executor"),
+        (
+            ["generate", "--input", "x", "--output", "y", "--executor", "ray", "--shard-index", "0"],
+            "drop it to let --executor run the shards",
+        ),
+        (["retry", "nowhere"], "has no shards"),
+        (["merge", "nowhere"], "has no shards"),
+    ],
+)
+def test_executor_misuse_exits_2_and_names_the_fix(tmp_path, args, expect):
+    from conftest import run_cli
+
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and expect in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_submitit_array_waits_then_merges_prompts_stage(tmp_path):
+    """`wait` (the default): run() returns the joined stage, equal to a one-process run's."""
+    pytest.importorskip("submitit")
+    from pipeline.stages import prompts
+    from pipeline.tasks import SourceConfig
+
+    ctx = RunContext(source=SourceConfig(task="arithmetic", n=40, seed=1))
+    local = prompts.run(prompts.Config(), None, tmp_path / "local", context=ctx, num_shards=4)
+    executor = SlurmExecutor(ExecutorConfig(kind="slurm", cluster="local", time_min=5))
+    out = tmp_path / "array"
+    manifest = prompts.run(prompts.Config(), None, out, context=ctx, num_shards=4, executor=executor)
+    assert manifest is not None and store.read_manifest(out) == manifest
+    assert _without_timings(manifest) == _without_timings(local)
+    assert (
+        store.load_table(out / "data").to_pylist()
+        == store.load_table(tmp_path / "local" / "data").to_pylist()
+    )

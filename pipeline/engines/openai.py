@@ -48,7 +48,7 @@ class OpenAIEngine:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = DEFAULT_CONCURRENCY,
-        timeout: float = 120.0,
+        timeout: float = 600.0,
         max_retries: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,

@@ -25,9 +25,8 @@ import pyarrow as pa
 
 from pipeline import store
 from pipeline.errors import UserError
-from pipeline.rows import messages_of
+from pipeline.rows import MESSAGES, messages_of
 from pipeline.stages import Stage, input_ref, input_table, require_columns
-from pipeline.stages.prompts import MESSAGES
 
 STAGE = "export"
 VERSION = "1"

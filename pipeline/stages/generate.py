@@ -33,10 +33,8 @@ from pipeline import store, templates
 from pipeline.engines import load_teacher, teacher_identity
 from pipeline.errors import UserError
 from pipeline.recipe import ModelConfig, RunContext
-from pipeline.rows import messages_of
+from pipeline.rows import MESSAGES, PROMPT_SCHEMA, messages_of
 from pipeline.stages import Stage, input_ref, input_table, require_columns
-from pipeline.stages.prompts import MESSAGES
-from pipeline.stages.prompts import SCHEMA as PROMPT_SCHEMA
 
 STAGE = "generate"
 VERSION = "1"  # bump when the code changes what this stage writes

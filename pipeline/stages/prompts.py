@@ -20,23 +20,14 @@ import pyarrow.compute as pc
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
+from pipeline.rows import MESSAGES, PROMPT_SCHEMA  # noqa: F401 - MESSAGES: the name other modules used
 from pipeline.stages import Stage, input_ref
 from pipeline.tasks import SourceConfig, load_source
 
 STAGE = "prompts"
 VERSION = "1"  # bump when the code changes what this stage writes
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("task", pa.string()),
-        ("messages", MESSAGES),
-        ("prompt", pa.string()),
-        ("reference", pa.string()),
-        ("meta", pa.string()),
-    ]
-)
+SCHEMA = PROMPT_SCHEMA  # the prompt rows' schema lives in pipeline/rows.py, shared with other stages
 
 
 @dataclass

@@ -40,9 +40,9 @@ import pyarrow as pa
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
+from pipeline.rows import PROMPT_SCHEMA as SCHEMA
 from pipeline.rows import meta_of, prompt_of
 from pipeline.stages import input_ref, input_table, require_columns
-from pipeline.stages.prompts import SCHEMA
 from pipeline.tasks.ids import prompt_id
 
 STAGE = "regenerate"
