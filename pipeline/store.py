@@ -172,12 +172,6 @@ def save_table(table: pa.Table, folder: Path) -> None:
 def load_table(folder: Path) -> pa.Table:
     """Read a folder written by save_table (or any datasets.save_to_disk folder) as one Arrow table."""
     files = sorted(Path(folder).glob("data-*.arrow"))
-    info = Path(folder) / "dataset_info.json"
-    if not files and info.is_file():  # datasets saves an empty table as metadata alone
-        from datasets import Features
-
-        features = json.loads(info.read_text()).get("features") or {}
-        return Features.from_dict(features).arrow_schema.empty_table()
     if not files:
         raise UserError(
             f"{folder} holds no Arrow data; point at a stage folder or a datasets.save_to_disk folder"

@@ -237,10 +237,12 @@ def test_loop_on_labelled_user_data_with_teacher_written_problems(tmp_path):
     metrics = summary["history"][0]
     assert metrics["new_prompts"] == len(new)
 
-    # the new rows went through generate -> verify: a fresh sample must agree with the teacher's answer
+    # the new rows (and the hard prompts themselves: the chosen side of the hard negatives) went through
+    # generate -> verify: a fresh sample must agree with the teacher's answer
     gen = store.read_manifest(it / "generate")
-    assert gen["rows_in"] == len(new)
-    assert {r["id"] for r in store.load_table(it / "generate" / "data").to_pylist()} <= {r["id"] for r in new}
+    answered = set(hard) | {r["id"] for r in new}
+    assert gen["rows_in"] == len(answered)
+    assert {r["id"] for r in store.load_table(it / "generate" / "data").to_pylist()} <= answered
     verified = store.read_manifest(it / "verify")
     assert verified["rows_in"] == gen["rows_out"]
     assert verified["rows_out"] + sum(verified["rejected_by_reason"].values()) == verified["rows_in"]
@@ -254,4 +256,5 @@ def test_loop_on_labelled_user_data_with_teacher_written_problems(tmp_path):
     # generation tokens count the teacher's problem writing too
     base = store.read_manifest(next(run_dir.glob("*-generate")))["tokens"]["completion"]
     assert summary["generation_tokens"] >= base + regen["tokens"]["completion"] + gen["tokens"]["completion"]
-    assert summary["history"][1]["train_rows"] >= metrics["train_rows"]
+    second = json.loads((loop / "iter_1" / "train" / "manifest.json").read_text())
+    assert second["config"]["adapter"] == metrics["adapter"]  # round 1 keeps training round 0's student
