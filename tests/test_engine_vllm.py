@@ -95,7 +95,7 @@ def _random_adapter(model_path: str, folder, seed: int) -> str:
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.mul_(0.02)
+                p.mul_(0.5)
     peft_model.save_pretrained(folder)
     return str(folder)
 
