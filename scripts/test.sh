@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (about 20 minutes on 2 CPU cores).
+# Set up, then run the whole test suite (about 25-35 minutes on 2 CPU cores).
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -k store   # extra arguments go to pytest
 set -euo pipefail
