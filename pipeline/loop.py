@@ -184,8 +184,10 @@ def _lora_rank(train_config: str) -> int:
     """The LoRA rank the loop's training config asks for (vLLM's max_lora_rank must hold it)."""
     import yaml
 
+    from pipeline.train.evaluate import vllm_lora_rank
+
     rank = int(((yaml.safe_load(Path(train_config).read_text()) or {}).get("peft") or {}).get("r") or 16)
-    return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
+    return vllm_lora_rank(rank)
 
 
 def _evaluate_teacher(recipe: Recipe, val_dir: Path, out: Path, loop: LoopConfig, engines: _Engines) -> float:

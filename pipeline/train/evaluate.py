@@ -67,10 +67,14 @@ def check(task: str, rows: list[dict], verifier: str | None = None) -> list[bool
     return out
 
 
-def adapter_rank(adapter: str) -> int:
-    """The max_lora_rank a vLLM engine needs for an adapter folder: its rank, rounded up to one vLLM takes."""
-    rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r") or 8)
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds a LoRA of this rank."""
     return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
+
+
+def adapter_rank(adapter: str) -> int:
+    """The max_lora_rank a vLLM engine needs for an adapter folder."""
+    return vllm_lora_rank(int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r") or 8))
 
 
 def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
