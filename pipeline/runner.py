@@ -6,7 +6,6 @@ in-memory state, so any stage can be rerun, resumed or run elsewhere on its own.
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
@@ -41,13 +40,7 @@ def run_recipe(
         module = stage_module(name)
         t0 = time.perf_counter()
         was_done = store.read_manifest(folder) is not None
-        here = executor
-        if executor is not None and not ships(name):
-            here = None
-            log(
-                f"[distill] {folder.name}: runs here (this stage does not ship to --executor {executor.name})"
-            )
-        manifest = run_stage(name, config, previous, folder, context, overwrite=overwrite, executor=here)
+        manifest = run_stage(name, config, previous, folder, context, overwrite=overwrite, executor=executor)
         if manifest is None:
             raise UserError(
                 f"{name}: shards remain unfinished in {folder}; rerun to finish them "
@@ -140,18 +133,11 @@ def retry(stage_dir: str | Path, executor=None) -> dict | None:
         stage.close()
 
 
-def ships(name: str) -> bool:
-    """Whether a stage's work can run on another executor (it is a stage object, not a closure)."""
-    return "executor" in inspect.signature(stage_module(name).run).parameters
-
-
 def run_stage(
     name: str, config, input_path: Path | None, output: Path, context: RunContext, executor=None, **kw
 ) -> dict | None:
-    """Run one stage; a stage that cannot ship its work elsewhere runs only with the local executor."""
+    """Run one stage; its shards run where `executor` says (None: here, one after another)."""
     module = stage_module(name)
     if executor is not None and executor.name != "local":
-        if not ships(name):
-            raise UserError(f"{name}: this stage runs only with --executor local")
         kw["executor"] = executor
     return module.run(config, input_path, output, context=context, **kw)

@@ -149,54 +149,83 @@ def main() -> None:
         help="a finished quickstart run (runs/quickstart): the first seed's arms reuse its generated and "
         "verified base data (same recipe stages, so the fingerprints match) instead of generating it again",
     )
+    ap.add_argument("--iterations", type=int, default=3, help="loop rounds (round 0 is plain SFT)")
+    ap.add_argument("--report", action="store_true", help="only print the tables of what has finished")
     args = ap.parse_args()
-    loop = {"iterations": 3}
+    loop = {"iterations": args.iterations}
     if args.quick:
         args.n, args.test_n = 16, 16
         loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
     out = OUT / ("quick" if args.quick else "full")
-    results: dict = {"base": evaluate(None, out / "base-test.json", args.test_n), "seeds": {}}
+    if not args.report:
+        run_arms(args, loop, out)
+    report(out, args.test_n)
+
+
+def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
+    """Every finished arm is saved in <out>/seed-<s>.json, so several processes (one per seed, each on its own
+    core: VLLM_CPU_OMP_THREADS_BIND=0 or 1, OMP_NUM_THREADS=1) can share one experiment folder."""
+    evaluate(None, out / "base-test.json", args.test_n)
     for seed in args.seeds:
-        arms = {}
+        path = out / f"seed-{seed}.json"
+        arms = json.loads(path.read_text()) if path.exists() else {}
         reuse = args.base_run if seed == args.seeds[0] else None
         arms["loop"] = run_loop_arm(out / f"loop-s{seed}", seed, {**loop, "_n": args.n}, args.test_n, reuse)
+        path.write_text(json.dumps(arms, indent=2))
         base_run = out / f"loop-s{seed}" / "run"
         arms["single-pass"] = run_single_pass(
             out / f"single-s{seed}", seed, arms["loop"]["tokens"], base_run, args.n, loop, args.test_n
         )
-        results["seeds"][seed] = arms
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        path.write_text(json.dumps(arms, indent=2))
         if not args.no_control:
             control = {**loop, "method": "random", "_n": args.n}
             arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+            path.write_text(json.dumps(arms, indent=2))
     if args.ablations:
         seed = args.seeds[0]
-        base_run = out / f"loop-s{seed}" / "run"
-        results["ablations"] = {
-            name: run_loop_arm(
-                out / f"ablation-{i}-s{seed}", seed, {**loop, **change, "_n": args.n}, args.test_n
+        ablations = {}
+        for i, (name, change) in enumerate(ABLATIONS.items()):
+            folder = out / f"ablation-{i}-s{seed}"
+            base_run = out / f"loop-s{seed}" / "run"
+            ablations[name] = run_loop_arm(
+                folder, seed, {**loop, **change, "_n": args.n}, args.test_n, base_run
             )
-            for i, (name, change) in enumerate(ABLATIONS.items())
-        }
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+            (out / "ablations.json").write_text(json.dumps(ablations, indent=2))
 
-    seeds = list(results["seeds"])
-    print(f"\nTest accuracy on {args.test_n} held-out-wording problems (greedy), seeds {seeds}")
-    print(f"base model: {100 * results['base']:.1f}%\n")
-    print("| arm | test accuracy % (mean ± sd) | generation tokens (mean) | wall min (mean) |")
-    print("|---|---|---|---|")
+
+def report(out: Path, test_n: int) -> None:
+    base = json.loads((out / "base-test.json").read_text())["pass@1"]
+    seeds = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted(out.glob("seed-*.json"))}
+    print(f"\nTest accuracy on {test_n} held-out-wording problems (greedy), seeds {sorted(seeds)}")
+    print(f"base model: {100 * base:.1f}%\n")
+    print(
+        "| arm | seeds | test accuracy % (mean ± sd) | per seed | generation tokens (mean) | wall min (mean) |"
+    )
+    print("|---|---|---|---|---|---|")
     for arm in ("single-pass", "loop", "random"):
-        rows = [results["seeds"][s][arm] for s in seeds if arm in results["seeds"][s]]
-        if rows:
+        done = {s: arms[arm] for s, arms in sorted(seeds.items()) if arm in arms}
+        if done:
+            rows = list(done.values())
+            per_seed = ", ".join(f"s{s}: {100 * r['test']:.1f}" for s, r in done.items())
             tok = statistics.mean(r["tokens"] for r in rows)
             wall = statistics.mean(r["wall_s"] for r in rows) / 60
-            print(f"| {arm} | {mean_sd([r['test'] for r in rows])} | {tok:,.0f} | {wall:.1f} |")
-    if "ablations" in results:
-        print(f"\nAblations (seed {args.seeds[0]}): one lever switched off per row")
+            print(
+                f"| {arm} | {len(rows)} | {mean_sd([r['test'] for r in rows])} | {per_seed} | {tok:,.0f} | {wall:.1f} |"
+            )
+    paired = [
+        arms["loop"]["test"] - arms["single-pass"]["test"] for arms in seeds.values() if "single-pass" in arms
+    ]
+    if paired:
+        print(f"\nloop - single-pass, paired by seed: {mean_sd(paired)} points over {len(paired)} seed(s)")
+    # Noise of one score: the binomial standard error of an accuracy near 60% on test_n problems.
+    print(
+        f"one score's standard error on {test_n} problems at 60%: {100 * (0.6 * 0.4 / test_n) ** 0.5:.1f} points"
+    )
+    if (out / "ablations.json").exists():
+        print("\nAblations (one seed): one lever switched off per row")
         print("| loop | test accuracy % | validation % | generation tokens | rounds |")
         print("|---|---|---|---|---|")
-        for name, r in results["ablations"].items():
+        for name, r in json.loads((out / "ablations.json").read_text()).items():
             print(
                 f"| {name} | {100 * r['test']:.1f} | {100 * r['val']:.1f} | {r['tokens']:,} | {r['rounds']} |"
             )

@@ -42,7 +42,7 @@ from pipeline.errors import UserError
 from pipeline.recipe import RunContext
 from pipeline.rows import PROMPT_SCHEMA as SCHEMA
 from pipeline.rows import meta_of, prompt_of
-from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table, require_columns
 from pipeline.tasks.ids import prompt_id
 
 STAGE = "regenerate"
@@ -95,7 +95,10 @@ def run(
     shard_index: int | None = None,
     overwrite: bool = False,
     engine=None,
+    executor=None,
 ) -> dict | None:
+    """Run the stage. ``engine`` may be a ready teacher engine (tests and the loop share one). ``executor``
+    (pipeline/executors.py) runs the shards elsewhere: a Ray cluster or a Slurm array."""
     if input_dir is None:
         raise UserError("regenerate: no input; pass --input with the output of `mine`")
     rows = input_table(input_dir)
@@ -121,22 +124,57 @@ def run(
         "models": {} if method in ARITHMETIC_METHODS else {"teacher": context.teachers[0].model},
     }
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
+    teacher = context.teachers[0] if method == "teacher" else None
+    stage = RegenerateStage(config, method, teacher, engine=engine)
+    try:
+        return store.run_sharded(
+            st, rows, stage, num_shards=num_shards or 1, shard_index=shard_index, executor=executor
+        )
+    finally:
+        stage.close()
 
-    def work(shard: pa.Table, index: int) -> store.ShardOutput:
+
+class RegenerateStage(Stage):
+    """New prompts for one shard of hard prompts; what an executor ships. The teacher (method `teacher`)
+    is loaded on first use and closed by ``close``, unless a ready ``engine`` was given."""
+
+    name = STAGE
+    version = VERSION
+    reads = ("id", "task", "prompt", "messages", "reference", "meta", "student_completion")
+    writes = tuple(SCHEMA.names)
+
+    def __init__(self, config: Config, method: str, teacher=None, engine=None) -> None:
+        self.config = config
+        self.method = method
+        self.teacher = teacher  # a ModelConfig (method teacher), else None
+        self.gpus = teacher.gpus if teacher is not None else 0
+        self._engine = engine
+        self._owned = None
+
+    def _get_engine(self):
+        if self.__dict__.get("_engine") is None:
+            from pipeline.engines import load_teacher
+
+            self._engine = self._owned = load_teacher(self.teacher)
+        return self._engine
+
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         hard = shard.to_pylist()
         failed: list[dict] = []
         stats: dict = {}
-        if method in ARITHMETIC_METHODS:
-            new = _from_task(hard, config, method)
+        if self.method in ARITHMETIC_METHODS:
+            new = _from_task(hard, self.config, self.method)
         else:
-            new, failed, stats = _from_teacher(hard, config, context, engine)
+            new, failed, stats = _from_teacher(hard, self.config, self._get_engine())
         seen, unique, dups = set(), [], []
         for row in new:
             (dups if row["id"] in seen else unique).append(row)
             seen.add(row["id"])
         rejected = [{**r, "reject_reason": "duplicate_prompt"} for r in dups] + failed
         schema = (
-            REJECTED_SCHEMA if method == "teacher" else SCHEMA.append(pa.field("reject_reason", pa.string()))
+            REJECTED_SCHEMA
+            if self.method == "teacher"
+            else SCHEMA.append(pa.field("reject_reason", pa.string()))
         )
         return store.ShardOutput(
             data=pa.Table.from_pylist(unique, schema=SCHEMA),  # a teacher row's `reply` stays out
@@ -144,7 +182,11 @@ def run(
             stats=stats,
         )
 
-    return store.run_sharded(st, rows, work, num_shards=num_shards or 1, shard_index=shard_index)
+    def close(self) -> None:
+        owned = self.__dict__.get("_owned")
+        if owned is not None:
+            owned.close()
+            self._owned = self._engine = None
 
 
 def _from_task(hard: list[dict], config: Config, method: str) -> list[dict]:
@@ -227,9 +269,7 @@ def _as_label(answer: str, labels: list[str]) -> str | None:
     return {normalize_label(label): label for label in labels}.get(normalize_label(answer))
 
 
-def _from_teacher(
-    hard: list[dict], config: Config, context: RunContext, engine
-) -> tuple[list[dict], list[dict], dict]:
+def _from_teacher(hard: list[dict], config: Config, engine) -> tuple[list[dict], list[dict], dict]:
     """New rows from the teacher's replies, the replies that gave none (with a reason), and token stats."""
     from pipeline.engines import GenRequest
 
@@ -255,16 +295,7 @@ def _from_teacher(
         )
         for row in hard
     ]
-    owned = None
-    if engine is None:
-        from pipeline.engines import load_teacher
-
-        engine = owned = load_teacher(context.teachers[0])
-    try:
-        results = engine.generate(requests)
-    finally:
-        if owned is not None:
-            owned.close()
+    results = engine.generate(requests)
     new, failed = [], []
     tokens = {"prompt": 0, "completion": 0}
     hard_ids = {prompt_id(row["task"], prompt_of(row)) for row in hard}

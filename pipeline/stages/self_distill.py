@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
-from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table, require_columns
 
 STAGE = "self-distill"
 VERSION = "2"  # 2: task verifiers, cleaned rewrites, fresh columns
@@ -146,8 +146,10 @@ def run(
     overwrite: bool = False,
     engine=None,
     critic_engine=None,
+    executor=None,
 ) -> dict | None:
-    """Run the stage. ``engine`` (the rewriter) and ``critic_engine`` may be ready engines (tests share one)."""
+    """Run the stage. ``engine`` (the rewriter) and ``critic_engine`` may be ready engines (tests share one).
+    ``executor`` (pipeline/executors.py) runs the shards elsewhere: a Ray cluster or a Slurm array."""
     from pipeline.models import resolve
 
     if input_dir is None:
@@ -179,33 +181,67 @@ def run(
     schema = rows.schema
     for name, kind in ADDED:
         schema = schema.append(pa.field(name, kind))
-    owned, ready = [], {"rewriter": engine, "critic": critic_engine}
+    stage = SelfDistillStage(
+        config, resolved, schema, context.critic, has_critic, engine=engine, critic_engine=critic_engine
+    )
+    try:
+        n = num_shards or store.default_num_shards(rows.num_rows, config.shard_size)
+        return store.run_sharded(st, rows, stage, num_shards=n, shard_index=shard_index, executor=executor)
+    finally:
+        stage.close()
 
-    def get(which: str):
+
+class SelfDistillStage(Stage):
+    """Rewrites of one shard of answers by the original model, each checked by its verifier; what an
+    executor ships. The rewriter (and the critic, when a row needs it) load on first use and are closed by
+    ``close``, unless ready engines were given."""
+
+    name = STAGE
+    version = VERSION
+    reads = ("id", "messages", "prompt", "completion", "reference", "task", "verifier")
+    writes = tuple(name for name, _ in ADDED)
+
+    def __init__(
+        self,
+        config: Config,
+        resolved,
+        schema: pa.Schema,
+        critic=None,
+        has_critic=False,
+        engine=None,
+        critic_engine=None,
+    ) -> None:
+        self.config = config
+        self.resolved = resolved  # the original model (a ResolvedModel)
+        self.schema = schema  # the output rows' schema
+        self.critic = critic  # the run's critic (a ModelConfig), or None
+        self.has_critic = has_critic
+        self._ready = {"rewriter": engine, "critic": critic_engine}
+        self._owned: list = []
+
+    def _get(self, which: str):
+        ready = self.__dict__.setdefault("_ready", {"rewriter": None, "critic": None})
         if ready[which] is None:
-            from pipeline.engines import load_engine
+            from pipeline.engines import load_engine, load_teacher
 
             if which == "rewriter":
-                ready[which] = load_engine(config.engine, resolved)
+                ready[which] = load_engine(self.config.engine, self.resolved)
             else:
-                from pipeline.engines import load_teacher
-
-                ready[which] = load_teacher(context.critic)
-            owned.append(ready[which])
+                ready[which] = load_teacher(self.critic)
+            self.__dict__.setdefault("_owned", []).append(ready[which])
         return ready[which]
 
-    tokenizer = []
-
-    def count_tokens(text: str) -> int:
-        if not tokenizer:
+    def _count_tokens(self, text: str) -> int:
+        if "_tokenizer" not in self.__dict__:
             from transformers import AutoTokenizer
 
-            tokenizer.append(AutoTokenizer.from_pretrained(resolved.path))
-        return len(tokenizer[0](text, add_special_tokens=False)["input_ids"])
+            self._tokenizer = AutoTokenizer.from_pretrained(self.resolved.path)
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def work(shard: pa.Table, index: int) -> store.ShardOutput:
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         from pipeline.engines import GenRequest
 
+        config, schema = self.config, self.schema
         items = shard.to_pylist()
         requests = [
             GenRequest(
@@ -222,10 +258,10 @@ def run(
             )
             for i, r in enumerate(items)
         ]
-        results = get("rewriter").generate(requests)
+        results = self._get("rewriter").generate(requests)
         samples = [res.samples[0] if res.samples else None for res in results]
         texts = [clean_rewrite(s.text) if s else "" for s in samples]
-        outcome, names = _check(items, samples, texts, config, has_critic, get)
+        outcome, names = _check(items, samples, texts, config, self.has_critic, self._get)
         out = []
         for r, s, text, check, name in zip(items, samples, texts, outcome, names, strict=True):
             use = check == "passed" or (check == "unchecked" and config.keep_unchecked)
@@ -240,7 +276,11 @@ def run(
             if use:  # every column that described the original text now describes the rewrite
                 row["completion"] = text
                 row.update(
-                    {k: v for k, v in _fresh_columns(s, text, count_tokens).items() if k in schema.names}
+                    {
+                        k: v
+                        for k, v in _fresh_columns(s, text, self._count_tokens).items()
+                        if k in schema.names
+                    }
                 )
             out.append(row)
         tokens = sum(s.completion_tokens for s in samples if s)
@@ -253,12 +293,11 @@ def run(
         }
         return store.ShardOutput(data=pa.Table.from_pylist(out, schema=schema), stats=stats)
 
-    try:
-        n = num_shards or store.default_num_shards(rows.num_rows, config.shard_size)
-        return store.run_sharded(st, rows, work, num_shards=n, shard_index=shard_index)
-    finally:
-        for e in owned:
-            e.close()
+    def close(self) -> None:
+        for engine in self.__dict__.get("_owned", []):
+            engine.close()
+        self.__dict__.get("_owned", []).clear()
+        self.__dict__["_ready"] = {"rewriter": None, "critic": None}
 
 
 def _fresh_columns(sample, text: str, count_tokens) -> dict:

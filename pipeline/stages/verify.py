@@ -25,7 +25,8 @@ verifier that ran on it.
     distill verify --input gens.jsonl --output out/ --config verify.yaml --critic smollm2-135m-instruct --engine hf
 
 Work is sharded by prompt (all samples of a prompt, from every teacher, in one shard), so selection and pass
-rates never depend on the sharding. Decontamination and prompt dedup look at all prompts first.
+rates never depend on the sharding. Decontamination and prompt dedup look at all prompts first; the shards are
+a `VerifyStage` that an executor can ship (`--executor ray|slurm`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pipeline.filters import steps
 from pipeline.filters.decontaminate import NgramIndex
 from pipeline.recipe import RunContext
 from pipeline.rows import prompt_of
-from pipeline.stages import input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table, require_columns
 from pipeline.verifiers import Verdict, build_verifier
 
 STAGE = "verify"
@@ -204,8 +205,10 @@ def run(
     shard_index: int | None = None,
     overwrite: bool = False,
     engines: dict | None = None,
+    executor=None,
 ) -> dict | None:
-    """Run the stage. ``engines`` may hold a ready ``{"critic": engine}`` (tests share one)."""
+    """Run the stage. ``engines`` may hold a ready ``{"critic": engine}`` (tests share one). ``executor``
+    (pipeline/executors.py) runs the shards elsewhere: a Ray cluster or a Slurm array."""
     if input_dir is None:
         raise UserError("verify: no input; pass --input with a generate stage folder, JSONL or Parquet file")
     table = input_table(input_dir)
@@ -259,74 +262,106 @@ def run(
     if done is not None:
         return done
 
-    # Group the rows by prompt, in order of first appearance (generate writes teacher-major).
-    ids = table.column("id").to_pylist()
-    order: dict[str, list[int]] = {}
-    for i, rid in enumerate(ids):
-        order.setdefault(rid, []).append(i)
-    table = table.take(pa.array([i for rows in order.values() for i in rows], pa.int64()))
-    ids = table.column("id").to_pylist()
-    prompt_ids = list(order)
-    start_of: dict[str, int] = {}
-    for i, rid in enumerate(ids):
-        start_of.setdefault(rid, i)
-
     # Whole-dataset steps first (decontamination, near-duplicate prompts): they need every prompt at once.
     # Their reasons travel to the shards in `_pre`.
     pre = steps.Batch(table.select(_present(table, ["id", "prompt", "messages", "completion"])).to_pylist())
     steps.apply(dataset_steps(config, context), pre)
     table = table.append_column("_pre", pa.array(pre.reject, pa.string()))
 
-    ready = dict(engines or {})
-    owned: dict = {}
+    by_prompt = group_by_prompt(table)
+    n_shards = num_shards or store.default_num_shards(by_prompt.num_rows, config.shard_size)
+    stage = VerifyStage(config, critic_model, engines=engines)
+    try:
+        return store.run_sharded(
+            st, by_prompt, stage, num_shards=n_shards, shard_index=shard_index, executor=executor
+        )
+    finally:
+        stage.close()
 
-    def verifiers() -> list:
+
+def group_by_prompt(table: pa.Table) -> pa.Table:
+    """One row per prompt (in order of first appearance; generate writes teacher-major): its `id` and its
+    `samples`, a list of the input's rows. Shards then hold whole prompts, so selection, dedup among a
+    prompt's samples and pass rates never depend on the sharding, and the store can shard and ship it."""
+    ids = table.column("id").to_pylist()
+    order: dict[str, list[int]] = {}
+    for i, rid in enumerate(ids):
+        order.setdefault(rid, []).append(i)
+    grouped = table.take(pa.array([i for rows in order.values() for i in rows], pa.int64())).combine_chunks()
+    offsets = [0]
+    for rows in order.values():
+        offsets.append(offsets[-1] + len(rows))
+    samples = pa.StructArray.from_arrays(
+        [c.combine_chunks() for c in grouped.columns], names=grouped.column_names
+    )
+    return pa.table(
+        {
+            "id": pa.array(list(order), pa.string()),
+            "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), samples),
+        }
+    )
+
+
+def ungroup(shard: pa.Table) -> pa.Table:
+    """The input rows of a shard of `group_by_prompt`'s table."""
+    samples = shard.column("samples").combine_chunks()
+    return pa.Table.from_struct_array(samples.flatten())
+
+
+class VerifyStage(Stage):
+    """Verdicts, dedup among a prompt's samples and selection for one shard of prompts; what an executor
+    ships. The critic's engine (when the critic verifier runs) is loaded on first use and closed by
+    ``close``; ``engines`` may hold a ready ``{"critic": engine}``."""
+
+    name = STAGE
+    version = VERSION
+    reads = ("id", "samples")  # samples: the generate rows of each prompt
+    writes = tuple(name for name, _ in VERDICT_FIELDS)
+
+    def __init__(self, config: VerifyConfig, critic=None, engines: dict | None = None) -> None:
+        self.config = config
+        self.critic = critic  # a ModelConfig, or None
+        self.gpus = critic.gpus if critic is not None else 0
+        self._ready = dict(engines or {})
+        self._owned: dict = {}
+
+    def _verifiers(self) -> list:
+        if "_built" in self.__dict__:
+            return self._built
+        ready = self.__dict__.setdefault("_ready", {})
+        owned = self.__dict__.setdefault("_owned", {})
         out = []
-        for name in config.verifiers:
+        for name in self.config.verifiers:
             if name == "critic":
                 if "critic" not in ready:
                     from pipeline.engines import load_teacher
 
-                    ready["critic"] = owned["critic"] = load_teacher(critic_model)
-                out.append(build_verifier("critic", engine=ready["critic"], **asdict(config.critic)))
+                    ready["critic"] = owned["critic"] = load_teacher(self.critic)
+                out.append(build_verifier("critic", engine=ready["critic"], **asdict(self.config.critic)))
             elif name == "code":
-                out.append(build_verifier("code", **asdict(config.code)))
+                out.append(build_verifier("code", **asdict(self.config.code)))
             elif name in ("regex", "json_schema", "label"):
-                out.append(build_verifier(name, **getattr(config, name)))
+                out.append(build_verifier(name, **getattr(self.config, name)))
             else:
                 out.append(build_verifier(name))
+        self._built = out
         return out
 
-    built: list = []
+    def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
+        part = ungroup(shard)
+        return _verify_shard(part, shard_steps(self.config, self._verifiers()), bool(self.config.verifiers))
 
-    def work(shard: pa.Table, index: int) -> store.ShardOutput:
-        if not built:
-            built.extend(verifiers())
-        rows_idx = [
-            i
-            for rid in shard.column("id").to_pylist()
-            for i in range(start_of[rid], start_of[rid] + len(order[rid]))
-        ]
-        part = table.take(pa.array(rows_idx, pa.int64()))
-        return _verify_shard(part, shard_steps(config, built), bool(config.verifiers))
+    def summarize(self, shard_stats: list[dict]) -> dict:
+        return {
+            "rows_in": sum(s.get("rows", 0) for s in shard_stats),
+            "prompts_in": sum(s.get("prompts", 0) for s in shard_stats),
+        }
 
-    ids_table = pa.table({"id": pa.array(prompt_ids, pa.string())})
-    n_shards = num_shards or store.default_num_shards(len(prompt_ids), config.shard_size)
-    try:
-        manifest = store.run_sharded(
-            st,
-            ids_table,
-            work,
-            num_shards=n_shards,
-            shard_index=shard_index,
-            manifest_extra={"rows_in": table.num_rows, "prompts_in": len(prompt_ids)},
-        )
-    finally:
-        for engine in owned.values():
-            close = getattr(engine, "close", None)
-            if close:
-                close()
-    return manifest
+    def close(self) -> None:
+        for engine in self.__dict__.get("_owned", {}).values():
+            engine.close()
+        self.__dict__.get("_owned", {}).clear()
+        self.__dict__.pop("_built", None)
 
 
 def _present(table: pa.Table, names: list[str]) -> list[str]:
@@ -415,6 +450,7 @@ def _verify_shard(part: pa.Table, shard: list, verified: bool) -> store.ShardOut
             "failed": sum(p is False for p in decided),
             "undecided": sum(p is None for p in decided),
         },
+        "rows": n,
         "prompts": len({r["id"] for r in rows}),
         "prompts_with_a_pass": len({rows[i]["id"] for i in range(n) if verdicts[i].passed is True}),
     }
