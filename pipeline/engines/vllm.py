@@ -79,6 +79,9 @@ class VLLMEngine:
         if not gpu:
             # GiB of KV cache; vLLM's CPU default (4 GiB) is more than a shared 2-core box needs.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+            # One step prefills up to CPU_MAX_NUM_BATCHED_TOKENS at once; on a busy core (LoRA on) that took
+            # over vLLM's 300 s RPC limit here, and the engine killed itself mid-run.
+            os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
         kwargs: dict = {
             "model": model.path,
             "tensor_parallel_size": tensor_parallel_size,
