@@ -8,10 +8,13 @@ Arms, per seed (the embedded SmolLM2-135M-Instruct is teacher and student, as in
 - `loop`: `distill loop` with the recipe's loop settings (targeted regeneration, adaptive effort, the best
   student as generator once it beats the teacher, replay with weighting, mining apart from validation).
 - `single-pass`: the quickstart's plain recipe on as many training prompts as the loop's generation tokens
-  buy (the loop's tokens / the base run's tokens per prompt), trained for the same epochs.
+  buy (the loop's tokens / the base run's tokens per prompt), trained for the same epochs. Only the prompts
+  beyond the base run's are generated (the prompt draw is prefix-stable and sampling is seeded per prompt).
+- `loop round 0`: the loop's first student, plain SFT on the base data: single-pass at the base budget.
 - `random`: the loop with `method: random` (as many new problems, unrelated to the failures): the control
   arm that separates "targeted" from "more data".
-Each arm's final student is scored greedily on the test split (held-out wording). The script prints test
+The random control and the ablation loops reuse the seed's round 0 (the same computation; the levers act from
+round 1 on). Each arm's final student is scored greedily on the test split (held-out wording). The script prints test
 accuracy as mean ± sd over seeds, generation tokens and wall time, and writes runs/exp_pgkd/results.json.
 Every arm is a run folder, so an interrupted experiment resumes where it stopped.
 """
@@ -81,49 +84,100 @@ def evaluate(adapter: str | None, out: Path, test_n: int) -> float:
     return json.loads(out.read_text())["pass@1"]
 
 
-def run_loop_arm(folder: Path, seed: int, loop: dict, test_n: int, base_run: Path | None = None) -> dict:
+def run_loop_arm(
+    folder: Path, seed: int, loop: dict, test_n: int, base_run: Path | None = None, share_round0: bool = False
+) -> dict:
     recipe = write_recipe(folder, folder.name, loop.pop("_n"), seed, loop)
     if base_run is not None and not (folder / "run").exists():
         # The same recipe stages as `base_run`: share its base dataset instead of generating it again (the
         # stage fingerprints match, so the loop sees finished stages).
         for stage in sorted(base_run.glob("0[0-2]-*")):  # prompts, generate, verify (export is the arm's own)
             shutil.copytree(stage, folder / "run" / stage.name)
+        if share_round0:
+            # Round 0 (plain SFT on the base data, same seed) is the same computation in every arm of a seed;
+            # the levers act from round 1 on. Reuse its training and the validation prompts.
+            for part in ("validation", "teacher-validation.json", "iter_0/train-data", "iter_0/train"):
+                src, dst = base_run / "loop" / part, folder / "run" / "loop" / part
+                if src.is_dir():
+                    shutil.copytree(src, dst)
+                elif src.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
     if not (folder / "run" / "loop" / "summary.json").exists():
         distill("loop", str(recipe), "--run-dir", str(folder / "run"))
     summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
     best = summary["best"]
+    round0 = folder / "run" / "loop" / "iter_0" / "train" / "adapter"
+    same = Path(best["adapter"]).resolve() == round0.resolve()  # the loop never beat round 0
     return {
         "test": evaluate(best["adapter"], folder / "test.json", test_n),
+        # Round 0 is plain SFT on the base data: single-pass distillation at the base budget.
+        "test_round0": evaluate(str(round0), folder / ("test.json" if same else "test-round0.json"), test_n),
         "val": best["val_accuracy"],
         "tokens": summary["generation_tokens"],
+        "base_tokens": json.loads((folder / "run" / "01-generate" / "manifest.json").read_text())["tokens"][
+            "completion"
+        ],
         "wall_s": summary["wall_s"],
         "rounds": summary["stopped_after"],
     }
 
 
 def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: int, loop: dict, test_n: int):
-    """Plain distillation with as many prompts as `tokens` buys, trained for the loop's epochs."""
+    """Plain distillation with as many prompts as `tokens` buys, trained for the loop's epochs.
+
+    The training prompts of `n` are the base run's `n0` plus the next `n - n0` of the same draw (the task's
+    prompts are a prefix-stable sequence, and every prompt's sampling seed depends only on the seed and its
+    id), so only the extra prompts are generated and verified here: the same data as one run of the recipe
+    with `n` prompts, without generating the base run's again.
+    """
+    from pipeline import store
+    from pipeline.tasks import load_task
+
     base = json.loads((base_run / "01-generate" / "manifest.json").read_text())
     per_prompt = base["tokens"]["completion"] / n0
     n = max(n0, round(tokens / per_prompt))
-    recipe = write_recipe(folder, folder.name, n, seed, {})
+    extra = folder / "extra"
     t0 = time.perf_counter()
-    run = folder / "run"
-    if not (run / "train" / "manifest.json").exists():
-        distill("run", str(recipe), "--run-dir", str(run))
+    if not (folder / "train" / "manifest.json").exists():
+        extra.mkdir(parents=True, exist_ok=True)
+        sft = [base_run / "03-export" / "data" / "sft"]
+        if n > n0:
+            rows = load_task("arithmetic", split="train", n=n, seed=seed)[n0:]
+            (extra / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            gen = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"]
+            (extra / "verify.yaml").write_text(yaml.safe_dump(gen[1]["verify"]))
+            g = gen[0]["generate"]
+            distill(
+                "generate", "--input", str(extra / "prompts.jsonl"), "--output", str(extra / "01-generate"),
+                "--teacher", "smollm2-135m-instruct", "--engine", "vllm", "--n", str(g["n"]),
+                "--temperature", str(g["temperature"]), "--top-p", str(g["top_p"]),
+                "--max-tokens", str(g["max_tokens"]), "--seed", str(g["seed"]), "--logprobs", str(g["logprobs"]),
+            )  # fmt: skip
+            distill(
+                "verify", "--input", str(extra / "01-generate"), "--output", str(extra / "02-verify"),
+                "--config", str(extra / "verify.yaml"),
+            )  # fmt: skip
+            distill("export", "--input", str(extra / "02-verify"), "--output", str(extra / "03-export"))
+            sft.append(extra / "03-export" / "data" / "sft")
+        data = folder / "train-data" / "sft"
+        store.save_table(store.concat([store.load_table(p) for p in sft]), data)
         config = yaml.safe_load((REPO / "scripts" / "configs" / "sft.yaml").read_text())
-        config.update(dataset=str(run / "03-export"), output_dir=str(run / "train"))
+        config.update(dataset=str(data), output_dir=str(folder / "train"))
         config["num_train_epochs"] = loop.get("epochs", 2.0)
         if "max_steps" in loop:
             config["max_steps"] = loop["max_steps"]
         (folder / "sft.yaml").write_text(yaml.safe_dump(config))
         distill("train", "sft", str(folder / "sft.yaml"))
         (folder / "wall_s").write_text(str(round(time.perf_counter() - t0, 1)))
-    tokens_used = json.loads((run / "01-generate" / "manifest.json").read_text())["tokens"]["completion"]
+    extra_gen = extra / "01-generate" / "manifest.json"
+    tokens_used = base["tokens"]["completion"] + (
+        json.loads(extra_gen.read_text())["tokens"]["completion"] if extra_gen.exists() else 0
+    )
     return {
-        "test": evaluate(str(run / "train" / "adapter"), folder / "test.json", test_n),
+        "test": evaluate(str(folder / "train" / "adapter"), folder / "test.json", test_n),
         "tokens": tokens_used,
-        "wall_s": float((folder / "wall_s").read_text()),
+        "wall_s": float((folder / "wall_s").read_text()),  # without the base run's generation (shared)
         "prompts": n,
     }
 
@@ -179,7 +233,7 @@ def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
         path.write_text(json.dumps(arms, indent=2))
         if not args.no_control:
             control = {**loop, "method": "random", "_n": args.n}
-            arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run)
+            arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run, True)
             path.write_text(json.dumps(arms, indent=2))
     if args.ablations:
         seed = args.seeds[0]
@@ -187,9 +241,11 @@ def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
         for i, (name, change) in enumerate(ABLATIONS.items()):
             folder = out / f"ablation-{i}-s{seed}"
             base_run = out / f"loop-s{seed}" / "run"
-            ablations[name] = run_loop_arm(
-                folder, seed, {**loop, **change, "_n": args.n}, args.test_n, base_run
-            )
+            if not change:  # all levers on: the seed's loop arm itself
+                ablations[name] = json.loads((out / f"seed-{seed}.json").read_text())["loop"]
+                continue
+            settings = {**loop, **change, "_n": args.n}
+            ablations[name] = run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
             (out / "ablations.json").write_text(json.dumps(ablations, indent=2))
 
 
@@ -202,8 +258,19 @@ def report(out: Path, test_n: int) -> None:
         "| arm | seeds | test accuracy % (mean ± sd) | per seed | generation tokens (mean) | wall min (mean) |"
     )
     print("|---|---|---|---|---|---|")
-    for arm in ("single-pass", "loop", "random"):
-        done = {s: arms[arm] for s, arms in sorted(seeds.items()) if arm in arms}
+    for arm in ("loop round 0", "single-pass", "loop", "random"):
+        if arm == "loop round 0":  # plain SFT on the base data: single-pass at the base budget
+            done = {
+                s: {
+                    **arms["loop"],
+                    "test": arms["loop"]["test_round0"],
+                    "tokens": arms["loop"]["base_tokens"],
+                }
+                for s, arms in sorted(seeds.items())
+                if "test_round0" in arms.get("loop", {})
+            }
+        else:
+            done = {s: arms[arm] for s, arms in sorted(seeds.items()) if arm in arms}
         if done:
             rows = list(done.values())
             per_seed = ", ".join(f"s{s}: {100 * r['test']:.1f}" for s, r in done.items())
