@@ -134,8 +134,9 @@ def _verified_counts(verify_dir: Path) -> dict[str, int]:
 class _Engines:
     """The loop's engines, each started once and kept across rounds (a vLLM start costs ~30 s on a CPU).
 
-    On vllm the student engine serves every student adapter per request (LoRA in vLLM: no merged copy, no
-    restart), and, when the teacher is the student's own base model on vllm, the teacher too."""
+    On vllm the student engine serves every student adapter (per request with vLLM's LoRA, or as a merged
+    copy on a CPU: `lora_mode`), and, when the teacher is the student's own base model on vllm, the teacher
+    too."""
 
     def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int):
         self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
@@ -149,8 +150,9 @@ class _Engines:
             from pipeline.engines.vllm import VLLMEngine
             from pipeline.models import resolve
 
+            mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
             self._student = VLLMEngine(
-                resolve(self.student_model), enable_lora=True, max_lora_rank=self.lora_rank
+                resolve(self.student_model), enable_lora=True, max_lora_rank=self.lora_rank, lora_mode=mode
             )
         return self._student
 

@@ -266,7 +266,15 @@ class LoopConfig:
     )
     engine: Literal["hf", "vllm"] = field(
         default="vllm",
-        metadata={"help": "engine the student is evaluated on (vllm: adapters applied per request)"},
+        metadata={"help": "engine the student is evaluated on (vllm: one engine for the whole loop)"},
+    )
+    lora_mode: Literal["auto", "vllm", "merge"] = field(
+        default="auto",
+        metadata={
+            "help": "vllm: how student adapters are served: vllm (LoRA per request, no restart), merge (a "
+            "merged copy, one engine restart per adapter switch), auto (vllm on a GPU, merge on a CPU, where "
+            "vLLM's LoRA kernels are 5-30x slower)"
+        },
     )
     max_tokens: int = field(default=128, metadata={"help": "most new tokens per student answer"})
     hard_negatives: bool = field(

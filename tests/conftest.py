@@ -34,7 +34,8 @@ def vllm_engine(embedded):
     """The session's single vLLM engine on the embedded model; it applies LoRA adapters per request."""
     from pipeline.engines.vllm import VLLMEngine
 
-    engine = VLLMEngine(embedded, max_model_len=1024, enable_lora=True, max_lora_rank=16)
+    # LoRA per request (the GPU path) here: a merge-mode engine would restart for each adapter in a test.
+    engine = VLLMEngine(embedded, max_model_len=1024, enable_lora=True, max_lora_rank=16, lora_mode="vllm")
     yield engine
     engine.close()
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from pipeline.engines import GenRequest
 
@@ -122,3 +123,37 @@ def test_lora_adapters_per_request_match_peft(vllm_engine, model_path, tmp_path)
     finally:
         peft.close()
     assert sum(a == b for a, b in zip(first, expected, strict=True)) >= 2, (first, expected)
+
+
+def test_merge_mode_serves_each_adapter_from_a_merged_copy(vllm_engine, embedded, model_path, tmp_path):
+    """On a CPU the default: the engine starts on a merged copy of the adapter, restarts on the base model for
+    the batch's other group, answers in request order, and removes its merged copies when closed."""
+    from pipeline.engines.hf import HFEngine
+    from pipeline.engines.vllm import VLLMEngine
+
+    adapter = _random_adapter(model_path, tmp_path / "lora", seed=0)
+    questions = ["What is 3 + 5?", "Name a colour.", "What is the capital of France?"]
+    reqs = [
+        _req(f"{tag}-{j}", messages=[{"role": "user", "content": q}], max_tokens=12, adapter=a)
+        for j, q in enumerate(questions)
+        for tag, a in (("base", None), ("lora", adapter))
+    ]
+    engine = VLLMEngine(embedded, max_model_len=1024, enable_lora=True, lora_mode="merge", adapter=adapter)
+    try:
+        merged = engine._merged_dir
+        assert merged and engine._serving is not None
+        results = engine.generate(reqs)
+        assert engine._serving is None and not Path(merged).exists()  # the base group ran second
+    finally:
+        engine.close()
+    assert [r.id for r in results] == [r.id for r in reqs]
+    lora = [r.samples[0].text for r in results[1::2]]
+    base = [r.samples[0].text for r in results[0::2]]
+    assert base == [r.samples[0].text for r in vllm_engine.generate(reqs[0::2])]
+    peft = HFEngine(embedded, adapter=adapter, batch_size=4)
+    try:
+        expected = [r.samples[0].text for r in peft.generate(reqs[1::2])]
+    finally:
+        peft.close()
+    assert lora != base
+    assert sum(a == b for a, b in zip(lora, expected, strict=True)) >= 2, (lora, expected)

@@ -83,7 +83,7 @@ stages:
   - verify: {verifiers: [math]}
   - export: {formats: [sft]}
 loop: {iterations: 2, patience: 5, validation_n: 6, mine_n: 6, max_steps: 2, per_prompt: 2, max_tokens: 32,
-       hard_samples: 4, stop_at: 1}
+       hard_samples: 4, stop_at: 1, lora_mode: vllm}
 """
 
 

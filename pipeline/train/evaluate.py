@@ -1,8 +1,8 @@
 """Evaluate a model (plus an optional LoRA adapter) on a task split with the task's verifiers.
 
 Generation is batched through an engine: ``hf`` (transformers ``generate``; a LoRA adapter is applied with
-PEFT) or ``vllm`` (an adapter is first merged into a full model in a temporary folder, which vLLM then
-loads). Accuracy is pass@1 (the mean fraction of correct samples per problem) and, when ``n > 1``, the
+PEFT) or ``vllm`` (on a CPU an adapter is first merged into a full model in a temporary folder, which vLLM
+then loads; on a GPU vLLM applies it per request with its LoRA kernels). Accuracy is pass@1 (the mean fraction of correct samples per problem) and, when ``n > 1``, the
 unbiased pass@k estimate of Chen et al. (2021) for k = n.
 
     distill eval smollm2-135m-instruct --task arithmetic --split test --limit 64
@@ -78,8 +78,8 @@ def adapter_rank(adapter: str) -> int:
 
 
 def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
-    """The engine to generate with, and a cleanup callback. On vllm an adapter is applied per request
-    (LoRA in vLLM, no merged copy), so requests must carry ``adapter``."""
+    """The engine to generate with, and a cleanup callback. On vllm requests must carry ``adapter``: the
+    engine applies it per request (LoRA in vLLM, on a GPU) or serves a merged copy (on a CPU)."""
     from pipeline.models import resolve
 
     resolved = resolve(model)
@@ -97,7 +97,11 @@ def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, m
         raise UserError(f"unknown engine '{engine}'; use hf or vllm")
     from pipeline.engines.vllm import VLLMEngine
 
-    lora = {"enable_lora": True, "max_lora_rank": adapter_rank(adapter)} if adapter else {}
+    # On a CPU the engine starts on a merged copy (vLLM's LoRA kernels are slow there); on a GPU it applies
+    # the adapter per request. Either way requests name the adapter.
+    lora = (
+        {"enable_lora": True, "max_lora_rank": adapter_rank(adapter), "adapter": adapter} if adapter else {}
+    )
     eng = VLLMEngine(resolved, max_model_len=max_model_len, **lora)
     return eng, eng.close
 
