@@ -123,6 +123,26 @@ def run_loop_arm(
     }
 
 
+def generate_pool(folder: Path, seed: int, n0: int, n: int) -> Path:
+    """Teacher samples for the training prompts n0..n of the seed's draw (the single-pass arm's extra prompts),
+    in <folder>/extra-pool. A larger pool serves any smaller arm: its first prompts are that arm's prompts."""
+    from pipeline.tasks import load_task
+
+    pool = folder / "extra-pool"
+    if not (pool / "01-generate" / "manifest.json").exists():
+        pool.mkdir(parents=True, exist_ok=True)
+        rows = load_task("arithmetic", split="train", n=n, seed=seed)[n0:]
+        (pool / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        g = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"][0]["generate"]
+        distill(
+            "generate", "--input", str(pool / "prompts.jsonl"), "--output", str(pool / "01-generate"),
+            "--teacher", "smollm2-135m-instruct", "--engine", "vllm", "--n", str(g["n"]),
+            "--temperature", str(g["temperature"]), "--top-p", str(g["top_p"]),
+            "--max-tokens", str(g["max_tokens"]), "--seed", str(g["seed"]), "--logprobs", str(g["logprobs"]),
+        )  # fmt: skip
+    return pool
+
+
 def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: int, loop: dict, test_n: int):
     """Plain distillation with as many prompts as `tokens` buys, trained for the loop's epochs.
 
@@ -131,8 +151,10 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
     id), so only the extra prompts are generated and verified here: the same data as one run of the recipe
     with `n` prompts, without generating the base run's again.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from pipeline import store
-    from pipeline.tasks import load_task
 
     base = json.loads((base_run / "01-generate" / "manifest.json").read_text())
     per_prompt = base["tokens"]["completion"] / n0
@@ -143,19 +165,23 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
         extra.mkdir(parents=True, exist_ok=True)
         sft = [base_run / "03-export" / "data" / "sft"]
         if n > n0:
-            rows = load_task("arithmetic", split="train", n=n, seed=seed)[n0:]
-            (extra / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            gen = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"]
-            (extra / "verify.yaml").write_text(yaml.safe_dump(gen[1]["verify"]))
-            g = gen[0]["generate"]
+            pool = folder / "extra-pool"
+            if (
+                not (pool / "prompts.jsonl").exists()
+                or len((pool / "prompts.jsonl").read_text().splitlines()) < n - n0
+            ):
+                shutil.rmtree(pool, ignore_errors=True)
+            pool = generate_pool(folder, seed, n0, n)
+            ids = [json.loads(line)["id"] for line in (pool / "prompts.jsonl").read_text().splitlines()][
+                : n - n0
+            ]
+            gens = store.load_table(pool / "01-generate" / "data")
+            keep = pa.array([rid in set(ids) for rid in gens.column("id").to_pylist()])
+            pq.write_table(gens.filter(keep), extra / "generations.parquet")
+            verify = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"][1]["verify"]
+            (extra / "verify.yaml").write_text(yaml.safe_dump(verify))
             distill(
-                "generate", "--input", str(extra / "prompts.jsonl"), "--output", str(extra / "01-generate"),
-                "--teacher", "smollm2-135m-instruct", "--engine", "vllm", "--n", str(g["n"]),
-                "--temperature", str(g["temperature"]), "--top-p", str(g["top_p"]),
-                "--max-tokens", str(g["max_tokens"]), "--seed", str(g["seed"]), "--logprobs", str(g["logprobs"]),
-            )  # fmt: skip
-            distill(
-                "verify", "--input", str(extra / "01-generate"), "--output", str(extra / "02-verify"),
+                "verify", "--input", str(extra / "generations.parquet"), "--output", str(extra / "02-verify"),
                 "--config", str(extra / "verify.yaml"),
             )  # fmt: skip
             distill("export", "--input", str(extra / "02-verify"), "--output", str(extra / "03-export"))
@@ -170,10 +196,10 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
         (folder / "sft.yaml").write_text(yaml.safe_dump(config))
         distill("train", "sft", str(folder / "sft.yaml"))
         (folder / "wall_s").write_text(str(round(time.perf_counter() - t0, 1)))
-    extra_gen = extra / "01-generate" / "manifest.json"
-    tokens_used = base["tokens"]["completion"] + (
-        json.loads(extra_gen.read_text())["tokens"]["completion"] if extra_gen.exists() else 0
-    )
+    extra_rows = extra / "generations.parquet"
+    tokens_used = base["tokens"]["completion"]
+    if extra_rows.exists():
+        tokens_used += sum(pq.read_table(extra_rows, columns=["completion_tokens"]).column(0).to_pylist())
     return {
         "test": evaluate(str(folder / "train" / "adapter"), folder / "test.json", test_n),
         "tokens": tokens_used,
@@ -205,12 +231,23 @@ def main() -> None:
     )
     ap.add_argument("--iterations", type=int, default=3, help="loop rounds (round 0 is plain SFT)")
     ap.add_argument("--report", action="store_true", help="only print the tables of what has finished")
+    ap.add_argument(
+        "--pregenerate",
+        type=int,
+        metavar="N",
+        help="only generate the single-pass arm's extra prompts up to N for each seed (while the loop runs "
+        "elsewhere; the arm later uses the first ones its budget buys)",
+    )
     args = ap.parse_args()
     loop = {"iterations": args.iterations}
     if args.quick:
         args.n, args.test_n = 16, 16
         loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
     out = OUT / ("quick" if args.quick else "full")
+    if args.pregenerate:
+        for seed in args.seeds:
+            generate_pool(out / f"single-s{seed}", seed, args.n, args.pregenerate)
+        return
     if not args.report:
         run_arms(args, loop, out)
     report(out, args.test_n)
