@@ -142,8 +142,9 @@ class _Engines:
         self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
         self._student = self._teacher = None
 
-    def student(self):
-        """The engine for the student's evaluation and mining (None: each stage loads its own hf model)."""
+    def student(self, adapter: str | None = None):
+        """The engine for the student's evaluation and mining (None: each stage loads its own hf model).
+        `adapter`: the one it will serve first (a merge-mode engine then starts on that merged copy)."""
         if self.loop.engine != "vllm":
             return None
         if self._student is None:
@@ -152,9 +153,21 @@ class _Engines:
 
             mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
             self._student = VLLMEngine(
-                resolve(self.student_model), enable_lora=True, max_lora_rank=self.lora_rank, lora_mode=mode
+                resolve(self.student_model),
+                enable_lora=True,
+                max_lora_rank=self.lora_rank,
+                lora_mode=mode,
+                adapter=adapter,
             )
         return self._student
+
+    def before_training(self) -> None:
+        """Free the memory training needs. A merge-mode engine restarts for the next adapter anyway, so it
+        is stopped now (here a kept engine plus training needed ~9 GB, and two loops side by side ran out of
+        memory); a per-request LoRA engine is kept (no restart) and holds its memory."""
+        if self._student is not None and self._student.lora_mode == "merge":
+            self._student.close()
+            self._student = None  # (a teacher that shares it is the same engine: stopped too)
 
     def shares_teacher(self) -> bool:
         tc = self.recipe.teachers[0]
@@ -320,12 +333,14 @@ def run_loop(
                 elif loop.epochs is not None:
                     train_overrides["num_train_epochs"] = loop.epochs
                 log(f"[distill] loop {k}: training on {train_rows} rows")
+                engines.before_training()
                 run_training("sft", loop.train_config, train_overrides)
             negatives = loop_dir / f"iter_{k - 1}" / "hard-negatives"
             if k > 0 and loop.hard_negatives and (negatives / "data" / "dpo").exists():
                 # Hard negatives: prefer the verified answer over the student's own failing one.
                 if not (it / "train-dpo" / "manifest.json").exists():
                     log(f"[distill] loop {k}: DPO on the hard negatives of round {k - 1}")
+                    engines.before_training()
                     run_training(
                         "dpo",
                         loop.dpo_config,
@@ -341,7 +356,7 @@ def run_loop(
                 adapter=str(adapter), student_engine=loop.engine, max_tokens=loop.max_tokens
             )
             validated = mine.run(
-                mine_config, val_dir, it / "validate", context=context, engine=engines.student()
+                mine_config, val_dir, it / "validate", context=context, engine=engines.student(str(adapter))
             )
             acc = validated["student_accuracy"]
             improved = best is None or acc > best["val_accuracy"] + loop.min_delta
