@@ -312,9 +312,9 @@ def report(out: Path, test_n: int) -> None:
             rows = list(done.values())
             per_seed = ", ".join(f"s{s}: {100 * r['test']:.1f}" for s, r in done.items())
             tok = statistics.mean(r["tokens"] for r in rows)
-            wall = statistics.mean(r["wall_s"] for r in rows) / 60
+            wall = "-" if arm == "loop round 0" else f"{statistics.mean(r['wall_s'] for r in rows) / 60:.1f}"
             print(
-                f"| {arm} | {len(rows)} | {mean_sd([r['test'] for r in rows])} | {per_seed} | {tok:,.0f} | {wall:.1f} |"
+                f"| {arm} | {len(rows)} | {mean_sd([r['test'] for r in rows])} | {per_seed} | {tok:,.0f} | {wall} |"
             )
     paired = [
         arms["loop"]["test"] - arms["single-pass"]["test"] for arms in seeds.values() if "single-pass" in arms
