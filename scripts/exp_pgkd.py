@@ -176,7 +176,8 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
                 : n - n0
             ]
             gens = store.load_table(pool / "01-generate" / "data")
-            keep = pa.array([rid in set(ids) for rid in gens.column("id").to_pylist()])
+            wanted = set(ids)
+            keep = pa.array([rid in wanted for rid in gens.column("id").to_pylist()])
             pq.write_table(gens.filter(keep), extra / "generations.parquet")
             verify = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"][1]["verify"]
             (extra / "verify.yaml").write_text(yaml.safe_dump(verify))
