@@ -125,15 +125,17 @@ HACKS: dict[str, tuple[str, str]] = {
     ),
     "read_tests_parent_memory": (
         _ORACLE + "import os, re\n"
-        "def _scan(pid):\n    out = []\n    with open(f'/proc/{pid}/maps') as maps, open(f'/proc/{pid}/mem', 'rb') as mem:\n"
+        # own memory first, then the parent's; one region at a time (the parent may be a multi-GB pytest)
+        "def _scan(pid):\n    with open(f'/proc/{pid}/maps') as maps, open(f'/proc/{pid}/mem', 'rb') as mem:\n"
         "        for line in maps:\n            lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
         "            if 'rw' in line.split()[1] and hi - lo < 1 << 26:\n                try:\n"
-        "                    mem.seek(lo)\n                    out.append(mem.read(hi - lo).decode('latin-1'))\n"
-        "                except OSError:\n                    pass\n    return out\n"
-        "def has_close_elements(numbers, threshold):\n    for pid in {os.getppid(), os.getpid()}:\n"
-        "        try:\n            chunks = _scan(pid)\n        except OSError:\n            continue\n"
-        "        for text in chunks:\n            answer = _answer_from(text, numbers, threshold)\n"
-        "            if answer is not None:\n                return answer\n" + _WRONG,
+        "                    mem.seek(lo)\n                    yield mem.read(hi - lo).decode('latin-1')\n"
+        "                except OSError:\n                    pass\n"
+        "def has_close_elements(numbers, threshold):\n    for pid in (os.getpid(), os.getppid()):\n"
+        "        try:\n            for text in _scan(pid):\n"
+        "                answer = _answer_from(text, numbers, threshold)\n"
+        "                if answer is not None:\n                    return answer\n"
+        "        except OSError:\n            continue\n" + _WRONG,
         "tests_failed",
     ),
 }
