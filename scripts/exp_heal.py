@@ -17,11 +17,13 @@ Self-data distillation (Thangarasa et al., 2024) on SmolLM2-135M-Instruct:
 
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python scripts/exp_heal.py --quick   # the whole story, tiny
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python scripts/exp_heal.py           # the full table (hours)
+    # about an hour: the quickstart's verified data as (a), 2 layers pruned, no loop arm
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/exp_heal.py --medium --base-run runs/quickstart --no-loop
 
 On a CPU shared with other jobs, OMP_NUM_THREADS=1 matters: with more torch threads than free cores,
 generation measured 10x slower here (0.5 vs 4.7 tokens/s) because of threads waiting on each other.
 
-Everything lands in runs/exp-heal[-quick]/ and resumes: finished stages, trainings (manifest.json) and
+Everything lands in runs/exp-heal[-quick|-medium]/ and resumes: finished stages, trainings (manifest.json) and
 evaluations (eval/*.json) are reused on a rerun.
 """
 
@@ -55,6 +57,21 @@ SETTINGS = {
         "loop_iterations": 1,
         "loop_validation": 8,
         "layers": [2, 4],
+    },
+    # The quickstart's data and training (1 epoch: 41 steps of 8 on its 327 verified rows), the whole
+    # arithmetic test split, vLLM for evaluation: one pruning depth with (a) and (b) is about an hour on one core.
+    "medium": {
+        "prompts": 240,
+        "samples": 4,
+        "max_tokens": 96,
+        "steps": 41,
+        "batch_size": 8,
+        "eval_limit": 175,
+        "speed_tokens": 64,
+        "speed_rounds": 3,
+        "loop_iterations": 2,
+        "loop_validation": 150,
+        "layers": [2],
     },
     "full": {
         "prompts": 240,
@@ -117,25 +134,35 @@ def write_recipe(path: Path, s: dict, prune_layers: int = 0) -> Path:
     return path
 
 
-def teacher_data(out: Path, s: dict) -> tuple[Path, Path]:
-    """(a) the verified teacher answers and (b) their self-distilled rewrite, as sft export folders."""
+def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tuple[Path, Path]:
+    """(a) the verified teacher answers and (b) their self-distilled rewrite, as sft export folders.
+
+    With `base_run` (a finished quickstart run) its verified data is (a) and only the rewrite is computed here."""
     from pipeline.recipe import load_recipe
     from pipeline.runner import run_recipe
     from pipeline.stages import export, self_distill
 
-    recipe_path = write_recipe(out / "data.yaml", s)
     data_dir = out / "data"
-    run_recipe(recipe_path, run_dir=data_dir, log=log)
+    if base_run is None:
+        recipe_path = write_recipe(out / "data.yaml", s)
+        run_recipe(recipe_path, run_dir=data_dir, log=log)
+        verified, plain = data_dir / "02-verify", data_dir / "03-export"
+    else:
+        recipe_path = REPO / "scripts" / "recipes" / "quickstart.yaml"
+        verified, plain = base_run / "02-verify", base_run / "03-export"
+        for stage in (verified, plain):
+            if not (stage / "manifest.json").exists():
+                raise SystemExit(f"exp_heal: {stage} is not finished; run bash scripts/quickstart.sh first")
     context = load_recipe(recipe_path).context(data_dir)
     manifest = self_distill.run(
-        self_distill.Config(engine="hf", max_tokens=s["max_tokens"] + 32),
-        data_dir / "02-verify",
+        self_distill.Config(engine=engine, max_tokens=s["max_tokens"] + 32),
+        verified,
         data_dir / "04-self-distill",
         context=context,
     )
     log(f"self-distill: {self_distill.summary(manifest)}")
     export.run(export.Config(formats=["sft"]), data_dir / "04-self-distill", data_dir / "05-export")
-    return data_dir / "03-export", data_dir / "05-export"
+    return plain, data_dir / "05-export"
 
 
 def train(model: str, dataset: Path, output: Path, s: dict) -> Path:
@@ -157,6 +184,15 @@ def train(model: str, dataset: Path, output: Path, s: dict) -> Path:
             },
         )
     return output / "adapter"
+
+
+def _same_training(folder: Path, s: dict) -> bool:
+    """Did the training in `folder` take the steps and batch size of `s` (then it is reused, not redone)?"""
+    done = json.loads((folder / "manifest.json").read_text())
+    return (
+        done.get("steps") == s["steps"]
+        and done["config"].get("per_device_train_batch_size") == s["batch_size"]
+    )
 
 
 def loop_is_wired() -> bool:
@@ -194,7 +230,7 @@ def pgkd(out: Path, s: dict, layers: int, pruned: str) -> tuple[Path | None, str
     return out / f"loop-{layers}" / f"iter_{best}" / "train" / "adapter", ""
 
 
-def evaluate(out: Path, name: str, model: str, adapter: Path | None, task: str, s: dict) -> dict:
+def evaluate(out: Path, name: str, model: str, adapter: Path | None, task: str, s: dict, engine: str) -> dict:
     from pipeline.train.evaluate import evaluate as run_eval
 
     path = out / "eval" / f"{name}--{task}.json"
@@ -205,8 +241,8 @@ def evaluate(out: Path, name: str, model: str, adapter: Path | None, task: str, 
         adapter=str(adapter) if adapter else None,
         task=task,
         split="test",
-        engine="hf",
-        limit=s["eval_limit"],
+        engine=engine,
+        limit=s["eval_limit"],  # capitals: all 63 when larger
         max_tokens=ARITH_TOKENS if task == "arithmetic" else CAPITALS_TOKENS,
         batch_size=32,
     )
@@ -288,11 +324,31 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves the pipeline end to end")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/exp-heal[-quick])")
+    parser.add_argument(
+        "--medium", action="store_true", help="the quickstart's sizes, one pruning depth (about an hour)"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/exp-heal[-quick|-medium])")
+    parser.add_argument(
+        "--base-run",
+        type=Path,
+        help="a finished quickstart run (runs/quickstart): its verified data is (a), so no teacher generation",
+    )
+    parser.add_argument("--layers", type=int, nargs="+", help="pruning depths (default: the size's)")
+    parser.add_argument("--no-loop", action="store_true", help="skip (c), the PGKD loop per pruned student")
+    parser.add_argument(
+        "--engine",
+        choices=["hf", "vllm"],
+        help="engine of the rewrite and the evaluations (default: the size's)",
+    )
     args = parser.parse_args()
-    mode = "quick" if args.quick else "full"
-    s = SETTINGS[mode]
-    out = (args.out or REPO / "runs" / f"exp-heal{'-quick' if args.quick else ''}").resolve()
+    if args.quick and args.medium:
+        parser.error("--quick and --medium exclude each other; pick one size")
+    mode = "quick" if args.quick else "medium" if args.medium else "full"
+    s = {**SETTINGS[mode], **({"layers": args.layers} if args.layers else {})}
+    engine = args.engine or ("vllm" if mode == "medium" else "hf")
+    suffix = "" if mode == "full" else f"-{mode}"
+    out = (args.out or REPO / "runs" / f"exp-heal{suffix}").resolve()
+    base_run = args.base_run.resolve() if args.base_run else None
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
@@ -300,16 +356,14 @@ def main() -> int:
     from pipeline.recipe import load_recipe
     from pipeline.student import student_model
 
-    sft_data, self_data = teacher_data(out, s)
+    sft_data, self_data = teacher_data(out, s, base_run, engine)
     arms = [("original", "original", MODEL, None)]
-    arms.append(
-        (
-            "unpruned-a",
-            "unpruned + SFT on teacher data (a)",
-            MODEL,
-            train(MODEL, sft_data, out / "train-unpruned-a", s),
-        )
-    )
+    reference = base_run / "train-sft" if base_run else None
+    if reference and (reference / "manifest.json").exists() and _same_training(reference, s):
+        unpruned_a = reference / "adapter"  # the quickstart's student is exactly this arm
+    else:
+        unpruned_a = train(MODEL, sft_data, out / "train-unpruned-a", s)
+    arms.append(("unpruned-a", "unpruned + SFT on teacher data (a)", MODEL, unpruned_a))
     for layers in s["layers"]:
         recipe = load_recipe(write_recipe(out / f"prune-{layers}.yaml", s, prune_layers=layers))
         pruned = student_model(recipe, out / f"prune-{layers}")
@@ -332,7 +386,7 @@ def main() -> int:
                 train(pruned, self_data, out / f"train-{layers}-b", s),
             )
         )
-        adapter, why = pgkd(out, s, layers, pruned)
+        adapter, why = (None, "not run (--no-loop)") if args.no_loop else pgkd(out, s, layers, pruned)
         arms.append((f"pruned-{layers}-c", f"{tag} + PGKD loop (c)", pruned, adapter if adapter else why))
 
     rows, params = [], {}
@@ -341,8 +395,8 @@ def main() -> int:
         if isinstance(adapter, str):  # an arm that could not run, and why
             rows.append({"key": key, "label": label, "missing": adapter})
             continue
-        arith = evaluate(out, key, model, adapter, "arithmetic", s)
-        caps = evaluate(out, key, model, adapter, "capitals", s)
+        arith = evaluate(out, key, model, adapter, "arithmetic", s, engine)
+        caps = evaluate(out, key, model, adapter, "capitals", s, engine)
         if model not in params:
             params[model] = parameters(model)
         rows.append(
@@ -358,7 +412,7 @@ def main() -> int:
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
     print(
-        f"\n{mode} run ({s['steps']} LoRA steps per arm, {s['eval_limit']} test prompts per task), "
+        f"\n{mode} run ({s['steps']} LoRA steps per arm, {s['eval_limit']} arithmetic and all capitals test prompts, {engine}), "
         f"{(time.perf_counter() - t0) / 60:.1f} min; gen tok/s: greedy HF float32, batch of 8, fixed length, best of interleaved rounds\n"
     )
     print(text)

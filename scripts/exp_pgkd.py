@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -210,8 +211,9 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
 
 
 def mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+    if len(values) < 2:  # one seed has no spread to show
+        return f"{100 * statistics.mean(values):.1f} (one seed)"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -287,6 +289,18 @@ def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
             (out / "ablations.json").write_text(json.dumps(ablations, indent=2))
 
 
+def mcnemar(a: Path, b: Path) -> str:
+    """Paired by problem: problems only `a` solves, only `b` solves, and the exact two-sided McNemar p-value
+    (a binomial test on the discordant problems). It measures test-set noise for these two students only,
+    not the spread over training seeds."""
+    solved = [{r["id"]: bool(r["passed"]) for r in json.loads(p.read_text())["rows"]} for p in (a, b)]
+    wins = sum(1 for k, ok in solved[0].items() if ok and not solved[1].get(k, False))
+    losses = sum(1 for k, ok in solved[1].items() if ok and not solved[0].get(k, False))
+    n, k = wins + losses, min(wins, losses)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return f"{wins} won, {losses} lost (exact McNemar p = {p:.3f})"
+
+
 def report(out: Path, test_n: int) -> None:
     base = json.loads((out / "base-test.json").read_text())["pass@1"]
     seeds = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted(out.glob("seed-*.json"))}
@@ -322,6 +336,13 @@ def report(out: Path, test_n: int) -> None:
     ]
     if paired:
         print(f"\nloop - single-pass, paired by seed: {mean_sd(paired)} points over {len(paired)} seed(s)")
+    for seed in sorted(seeds):
+        for other, path in (("single-pass", f"single-s{seed}"), ("loop round 0", f"loop-s{seed}")):
+            versus = out / path / ("test.json" if other == "single-pass" else "test-round0.json")
+            if (out / f"loop-s{seed}" / "test.json").exists() and versus.exists():
+                print(
+                    f"seed {seed}, loop vs {other} on the same problems: {mcnemar(out / f'loop-s{seed}' / 'test.json', versus)}"
+                )
     # Noise of one score: the binomial standard error of an accuracy near 60% on test_n problems.
     print(
         f"one score's standard error on {test_n} problems at 60%: {100 * (0.6 * 0.4 / test_n) ** 0.5:.1f} points"
