@@ -152,7 +152,11 @@ def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tupl
         verified, plain = base_run / "02-verify", base_run / "03-export"
         for stage in (verified, plain):
             if not (stage / "manifest.json").exists():
-                raise SystemExit(f"exp_heal: {stage} is not finished; run bash scripts/quickstart.sh first")
+                print(
+                    f"exp_heal: {stage} is not finished; run bash scripts/quickstart.sh first",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2)
     context = load_recipe(recipe_path).context(data_dir)
     manifest = self_distill.run(
         self_distill.Config(engine=engine, max_tokens=s["max_tokens"] + 32),
