@@ -222,7 +222,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=240, help="base training prompts (4 samples each)")
     ap.add_argument("--test-n", type=int, default=175, help="test problems (175: all single-digit ones)")
     ap.add_argument(
-        "--ablations", action="store_true", help="also one loop per lever switched off (first seed)"
+        "--ablations",
+        nargs="*",
+        metavar="WORD",
+        help="also one loop per lever switched off (first seed); with words, only the levers whose name "
+        "contains one of them (e.g. --ablations negatives generator)",
     )
     ap.add_argument("--no-control", action="store_true", help="skip the random-regeneration control arm")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the plumbing")
@@ -275,18 +279,28 @@ def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
             control = {**loop, "method": "random", "_n": args.n}
             arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run, True)
             path.write_text(json.dumps(arms, indent=2))
-    if args.ablations:
+    if args.ablations is not None:
         seed = args.seeds[0]
-        ablations = {}
         for i, (name, change) in enumerate(ABLATIONS.items()):
-            folder = out / f"ablation-{i}-s{seed}"
-            base_run = out / f"loop-s{seed}" / "run"
+            if change and args.ablations and not any(word in name for word in args.ablations):
+                continue
             if not change:  # all levers on: the seed's loop arm itself
-                ablations[name] = json.loads((out / f"seed-{seed}.json").read_text())["loop"]
+                save_ablation(out, name, json.loads((out / f"seed-{seed}.json").read_text())["loop"])
                 continue
             settings = {**loop, **change, "_n": args.n}
-            ablations[name] = run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
-            (out / "ablations.json").write_text(json.dumps(ablations, indent=2))
+            base_run = out / f"loop-s{seed}" / "run"
+            folder = out / f"ablation-{i}-s{seed}"
+            save_ablation(
+                out, name, run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
+            )
+
+
+def save_ablation(out: Path, name: str, result: dict) -> None:
+    """Adds one row to <out>/ablations.json, re-read first: other processes may add other levers to it."""
+    saved = out / "ablations.json"
+    ablations = json.loads(saved.read_text()) if saved.exists() else {}
+    ablations[name] = result
+    saved.write_text(json.dumps(ablations, indent=2))
 
 
 def mcnemar(a: Path, b: Path) -> str:
@@ -337,8 +351,12 @@ def report(out: Path, test_n: int) -> None:
     if paired:
         print(f"\nloop - single-pass, paired by seed: {mean_sd(paired)} points over {len(paired)} seed(s)")
     for seed in sorted(seeds):
-        for other, path in (("single-pass", f"single-s{seed}"), ("loop round 0", f"loop-s{seed}")):
-            versus = out / path / ("test.json" if other == "single-pass" else "test-round0.json")
+        for other, path in (
+            ("single-pass", f"single-s{seed}/test.json"),
+            ("loop round 0", f"loop-s{seed}/test-round0.json"),
+            ("random control", f"random-s{seed}/test.json"),
+        ):
+            versus = out / path
             if (out / f"loop-s{seed}" / "test.json").exists() and versus.exists():
                 print(
                     f"seed {seed}, loop vs {other} on the same problems: {mcnemar(out / f'loop-s{seed}' / 'test.json', versus)}"
@@ -351,7 +369,12 @@ def report(out: Path, test_n: int) -> None:
         print("\nAblations (one seed): one lever switched off per row")
         print("| loop | test accuracy % | validation % | generation tokens | rounds |")
         print("|---|---|---|---|---|")
-        for name, r in json.loads((out / "ablations.json").read_text()).items():
+        done = json.loads((out / "ablations.json").read_text())
+        for name in ABLATIONS:
+            if name not in done:
+                print(f"| {name} | not run | | | |")
+                continue
+            r = done[name]
             print(
                 f"| {name} | {100 * r['test']:.1f} | {100 * r['val']:.1f} | {r['tokens']:,} | {r['rounds']} |"
             )
