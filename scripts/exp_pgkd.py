@@ -250,6 +250,9 @@ def main() -> None:
     if args.quick:
         args.n, args.test_n = 16, 16
         loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
+    unknown = [w for w in args.ablations or [] if not any(w in name for name in ABLATIONS)]
+    if unknown:
+        ap.error(f"--ablations {' '.join(unknown)} names no lever; use words from: {', '.join(ABLATIONS)}")
     out = OUT / ("quick" if args.quick else "full")
     if args.pregenerate:
         for seed in args.seeds:
@@ -281,18 +284,14 @@ def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
             path.write_text(json.dumps(arms, indent=2))
     if args.ablations is not None:
         seed = args.seeds[0]
+        # all levers on: the seed's loop arm itself
+        save_ablation(out, next(iter(ABLATIONS)), json.loads((out / f"seed-{seed}.json").read_text())["loop"])
         for i, (name, change) in enumerate(ABLATIONS.items()):
-            if change and args.ablations and not any(word in name for word in args.ablations):
-                continue
-            if not change:  # all levers on: the seed's loop arm itself
-                save_ablation(out, name, json.loads((out / f"seed-{seed}.json").read_text())["loop"])
-                continue
-            settings = {**loop, **change, "_n": args.n}
-            base_run = out / f"loop-s{seed}" / "run"
-            folder = out / f"ablation-{i}-s{seed}"
-            save_ablation(
-                out, name, run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
-            )
+            if change and (not args.ablations or any(word in name for word in args.ablations)):
+                folder, base_run = out / f"ablation-{i}-s{seed}", out / f"loop-s{seed}" / "run"
+                settings = {**loop, **change, "_n": args.n}
+                result = run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
+                save_ablation(out, name, result)
 
 
 def save_ablation(out: Path, name: str, result: dict) -> None:
@@ -367,16 +366,20 @@ def report(out: Path, test_n: int) -> None:
     )
     if (out / "ablations.json").exists():
         print("\nAblations (one seed): one lever switched off per row")
-        print("| loop | test accuracy % | validation % | generation tokens | rounds |")
-        print("|---|---|---|---|---|")
+        print(
+            "| loop | test accuracy % | validation % | generation tokens | rounds | paired with the full loop |"
+        )
+        print("|---|---|---|---|---|---|")
         done = json.loads((out / "ablations.json").read_text())
-        for name in ABLATIONS:
+        seed = next(iter(seeds), 0)
+        for i, name in enumerate(ABLATIONS):
             if name not in done:
-                print(f"| {name} | not run | | | |")
+                print(f"| {name} | not run | | | | |")
                 continue
-            r = done[name]
+            r, test = done[name], out / f"ablation-{i}-s{seed}" / "test.json"
+            paired = mcnemar(out / f"loop-s{seed}" / "test.json", test) if test.exists() else ""
             print(
-                f"| {name} | {100 * r['test']:.1f} | {100 * r['val']:.1f} | {r['tokens']:,} | {r['rounds']} |"
+                f"| {name} | {100 * r['test']:.1f} | {100 * r['val']:.1f} | {r['tokens']:,} | {r['rounds']} | {paired} |"
             )
 
 
