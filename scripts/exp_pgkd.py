@@ -6,7 +6,7 @@
 
 Arms, per seed (the embedded SmolLM2-135M-Instruct is teacher and student, as in the quickstart):
 - `loop`: `distill loop` with the recipe's loop settings (targeted regeneration, adaptive effort, the best
-  student as generator once it beats the teacher, replay with weighting, mining apart from validation).
+  student as generator once it beats the teacher, warm start with replay, mining apart from validation).
 - `single-pass`: the quickstart's plain recipe on as many training prompts as the loop's generation tokens
   buy (the loop's tokens / the base run's tokens per prompt), trained for the same epochs. Only the prompts
   beyond the base run's are generated (the prompt draw is prefix-stable and sampling is seeded per prompt).
@@ -49,14 +49,14 @@ stages:
 loop: {loop}
 """
 
-ABLATIONS = {  # one lever switched off per row
+ABLATIONS = {  # one lever switched off per row (weighting is off by default, so its row switches it on)
     "loop (all levers)": {},
     "- targeted regeneration (same structure, new numbers)": {"method": "task"},
     "- adaptive effort (no extra samples for hard prompts)": {"hard_samples": 4},
     "- student as generator (teacher only)": {"generator": "teacher"},
     "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
     "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
-    "- weighting of new rows": {"new_weight": 1},
+    "+ weighting of new rows (each repeated twice)": {"new_weight": 2},
     "- honest stopping (patience 1)": {"patience": 1},
 }
 
@@ -365,7 +365,9 @@ def report(out: Path, test_n: int) -> None:
         f"one score's standard error on {test_n} problems at 60%: {100 * (0.6 * 0.4 / test_n) ** 0.5:.1f} points"
     )
     if (out / "ablations.json").exists():
-        print("\nAblations (one seed): one lever switched off per row")
+        print(
+            "\nAblations (one seed): one lever switched off per row (weighting, off by default, switched on)"
+        )
         print(
             "| loop | test accuracy % | validation % | generation tokens | rounds | paired with the full loop |"
         )
