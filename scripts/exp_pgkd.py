@@ -179,7 +179,9 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
             gens = store.load_table(pool / "01-generate" / "data")
             wanted = set(ids)
             keep = pa.array([rid in wanted for rid in gens.column("id").to_pylist()])
-            pq.write_table(gens.filter(keep), extra / "generations.parquet")
+            partial = extra / "generations.parquet.partial"  # a kill mid-write must not leave a torn file
+            pq.write_table(gens.filter(keep), partial)
+            partial.replace(extra / "generations.parquet")
             verify = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"][1]["verify"]
             (extra / "verify.yaml").write_text(yaml.safe_dump(verify))
             distill(
