@@ -205,6 +205,11 @@ def _lora_rank(train_config: str) -> int:
     return vllm_lora_rank(rank)
 
 
+def _answer_tokens(recipe: Recipe, loop: LoopConfig) -> int:
+    """The answer budget the loop scores students at: its own, else the generate stage's."""
+    return loop.max_tokens or _stage_config(recipe, "generate").max_tokens
+
+
 def _evaluate_teacher(recipe: Recipe, val_dir: Path, out: Path, loop: LoopConfig, engines: _Engines) -> float:
     """The teacher's greedy validation accuracy, measured once: the bar the student must clear to generate."""
     if out.exists():
@@ -218,7 +223,7 @@ def _evaluate_teacher(recipe: Recipe, val_dir: Path, out: Path, loop: LoopConfig
         task=rows[0]["task"],
         engine=loop.engine,
         limit=None,
-        max_tokens=loop.max_tokens,
+        max_tokens=_answer_tokens(recipe, loop),
         rows=rows,
         engine_obj=engines.teacher() if engines.shares_teacher() else None,
     )
@@ -353,7 +358,7 @@ def run_loop(
                     )
                 adapter = it / "train-dpo" / "adapter"
             mine_config = mine.Config(
-                adapter=str(adapter), student_engine=loop.engine, max_tokens=loop.max_tokens
+                adapter=str(adapter), student_engine=loop.engine, max_tokens=_answer_tokens(recipe, loop)
             )
             validated = mine.run(
                 mine_config, val_dir, it / "validate", context=context, engine=engines.student(str(adapter))

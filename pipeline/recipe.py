@@ -276,7 +276,14 @@ class LoopConfig:
             "vLLM's LoRA kernels are 5-30x slower)"
         },
     )
-    max_tokens: int = field(default=128, metadata={"help": "most new tokens per student answer"})
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "most new tokens per answer when the loop scores the student and the teacher (default: "
+            "the generate stage's max_tokens, the length the training answers were cut at; score at the "
+            "budget your evaluation uses, or validation picks students by answers the test cuts off)"
+        },
+    )
     hard_negatives: bool = field(
         default=True,
         metadata={
@@ -287,6 +294,21 @@ class LoopConfig:
     dpo_config: str = field(
         default="scripts/configs/dpo.yaml", metadata={"help": "TRL DPO config of the hard-negative pass"}
     )
+
+    def validate(self, path: str) -> None:
+        counts = (
+            "iterations",
+            "patience",
+            "validation_n",
+            "mine_n",
+            "per_prompt",
+            "new_weight",
+            "hard_samples",
+        )
+        for name in (*counts, "stop_at", "max_per_prompt", "max_steps", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{path}.{name} must be at least 1, not {value}")
 
 
 @dataclass

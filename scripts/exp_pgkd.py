@@ -49,6 +49,7 @@ stages:
 loop: {loop}
 """
 
+TEST_MAX_TOKENS = 96  # the quickstart's test budget, and the length the teacher's training answers are cut at
 ABLATIONS = {  # one lever switched off per row (weighting is off by default, so its row switches it on)
     "loop (all levers)": {},
     "- targeted regeneration (same structure, new numbers)": {"method": "task"},
@@ -77,10 +78,19 @@ def write_recipe(folder: Path, run: str, n: int, seed: int, loop: dict) -> Path:
     return path
 
 
-def evaluate(adapter: str | None, out: Path, test_n: int) -> float:
+def evaluate(adapter: str | None, out: Path, test_n: int, max_tokens: int = TEST_MAX_TOKENS) -> float:
     if not out.exists():
         args = ["eval", "smollm2-135m-instruct", "--task", "arithmetic", "--split", "test"]
-        args += ["--limit", str(test_n), "--max-tokens", "96", "--engine", "vllm", "--output", str(out)]
+        args += [
+            "--limit",
+            str(test_n),
+            "--max-tokens",
+            str(max_tokens),
+            "--engine",
+            "vllm",
+            "--output",
+            str(out),
+        ]
         distill(*(args + (["--adapter", adapter] if adapter else [])))
     return json.loads(out.read_text())["pass@1"]
 
@@ -241,6 +251,13 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3, help="loop rounds (round 0 is plain SFT)")
     ap.add_argument("--report", action="store_true", help="only print the tables of what has finished")
     ap.add_argument(
+        "--rescore-tokens",
+        type=int,
+        metavar="N",
+        help=f"only score the finished arms' students again on test with N answer tokens (not "
+        f"{TEST_MAX_TOKENS}; the loop validates at its max_tokens) and print both scores side by side",
+    )
+    ap.add_argument(
         "--pregenerate",
         type=int,
         metavar="N",
@@ -259,6 +276,9 @@ def main() -> None:
     if args.pregenerate:
         for seed in args.seeds:
             generate_pool(out / f"single-s{seed}", seed, args.n, args.pregenerate)
+        return
+    if args.rescore_tokens:
+        rescore(out, args.test_n, args.rescore_tokens, args.seeds)
         return
     if not args.report:
         run_arms(args, loop, out)
@@ -294,6 +314,82 @@ def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
                 settings = {**loop, **change, "_n": args.n}
                 result = run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
                 save_ablation(out, name, result)
+
+
+def rescore(out: Path, test_n: int, max_tokens: int, seeds: list[int]) -> None:
+    """Each finished arm's students scored on test with `max_tokens` answer tokens beside the standard score:
+    shows how much of an arm's score is answers cut off before their final number (undecided)."""
+    students = []  # (arm, seed, adapter, standard result file)
+    for seed in seeds:
+        for arm, folder in (("loop", f"loop-s{seed}"), ("random", f"random-s{seed}")):
+            summary = out / folder / "run" / "loop" / "summary.json"
+            if (out / folder / "test.json").exists() and summary.exists():
+                round0 = out / folder / "run" / "loop" / "iter_0" / "train" / "adapter"
+                if arm == "loop" and (out / folder / "test-round0.json").exists():
+                    students.append(("loop round 0", seed, round0, out / folder / "test-round0.json"))
+                best = json.loads(summary.read_text())["best"]["adapter"]
+                students.append((arm, seed, Path(best), out / folder / "test.json"))
+        single = out / f"single-s{seed}"
+        if (single / "test.json").exists():
+            students.append(("single-pass", seed, single / "train" / "adapter", single / "test.json"))
+    print(
+        f"\nTest accuracy at {TEST_MAX_TOKENS} and at {max_tokens} answer tokens (undecided: no final answer)"
+    )
+    print(f"| arm | seed | test % @{TEST_MAX_TOKENS} | undecided | test % @{max_tokens} | undecided |")
+    print("|---|---|---|---|---|---|")
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for arm, seed, adapter, standard in students:
+        longer = standard.with_name(f"{standard.stem}-{max_tokens}tok.json")
+        evaluate(str(adapter), longer, test_n, max_tokens)
+        a, b = (json.loads(p.read_text()) for p in (standard, longer))
+        scores.setdefault(arm, []).append((a["pass@1"], b["pass@1"]))
+        print(
+            f"| {arm} | {seed} | {100 * a['pass@1']:.1f} | {a['undecided']} | {100 * b['pass@1']:.1f} "
+            f"| {b['undecided']} |",
+            flush=True,
+        )
+    for arm, pairs in scores.items():
+        short, long = ([p[i] for p in pairs] for i in (0, 1))
+        print(f"{arm}: {mean_sd(short)} at {TEST_MAX_TOKENS} tokens, {mean_sd(long)} at {max_tokens}")
+
+
+def wording(prompt: str, expression: str) -> str:
+    """Which held-out wording a test question uses (prompts/tasks/arithmetic_heldout.jinja)."""
+    if prompt.startswith(("Find the value of", "Work out")):
+        return " ".join(prompt.split()[:2]) + " ..."
+    if prompt.endswith("= ?"):
+        return "... = ?"
+    return f"story ({expression.split()[1]})"
+
+
+def by_wording(out: Path, test_n: int, seeds: list[int]) -> None:
+    """Test accuracy per held-out wording, mean over seeds: where the students fail."""
+    from pipeline.tasks import load_task
+
+    kind = {}
+    for row in load_task("arithmetic", split="test", n=test_n):
+        kind[row["id"]] = wording(row["prompt"], json.loads(row["meta"])["expression"])
+    arms = {"base": ["base-test.json"]}
+    arms["round 0"] = [f"loop-s{s}/test-round0.json" for s in seeds]
+    arms["single-pass"] = [f"single-s{s}/test.json" for s in seeds]
+    arms["loop"] = [f"loop-s{s}/test.json" for s in seeds]
+    table: dict[str, dict[str, list[float]]] = {}
+    for arm, files in arms.items():
+        for f in files:
+            if not (out / f).exists():
+                continue
+            passed: dict[str, list[bool]] = {}
+            for r in json.loads((out / f).read_text())["rows"]:
+                passed.setdefault(kind[r["id"]], []).append(bool(r["passed"]))
+            for k, v in passed.items():
+                table.setdefault(k, {}).setdefault(arm, []).append(sum(v) / len(v))
+    counts = {k: list(kind.values()).count(k) for k in table}
+    print(f"\nTest accuracy % by held-out wording (mean over seeds {seeds})")
+    print("| wording | problems | " + " | ".join(arms) + " |")
+    print("|---|---|" + "---|" * len(arms))
+    for k in sorted(table, key=lambda k: -counts[k]):
+        cells = [f"{100 * statistics.mean(table[k][a]):.0f}" if a in table[k] else "-" for a in arms]
+        print(f"| {k} | {counts[k]} | " + " | ".join(cells) + " |")
 
 
 def save_ablation(out: Path, name: str, result: dict) -> None:
@@ -366,6 +462,7 @@ def report(out: Path, test_n: int) -> None:
     print(
         f"one score's standard error on {test_n} problems at 60%: {100 * (0.6 * 0.4 / test_n) ** 0.5:.1f} points"
     )
+    by_wording(out, test_n, sorted(seeds))
     if (out / "ablations.json").exists():
         print(
             "\nAblations (one seed): one lever switched off per row (weighting, off by default, switched on)"

@@ -65,6 +65,7 @@ def test_bad_data_exits_2_and_names_the_fix(tmp_path, content, args, expect):
             lambda r: r.replace("instruct}", "instruct, adapter: no/such/adapter}"),
             "recipe.teacher.adapter: no/such/adapter has no adapter_config.json",
         ),
+        (lambda r: r + "loop: {max_tokens: 0}\n", "recipe.loop.max_tokens must be at least 1, not 0"),
     ],
     ids=[
         "unknown-top-key",
@@ -76,6 +77,7 @@ def test_bad_data_exits_2_and_names_the_fix(tmp_path, content, args, expect):
         "bad-yaml",
         "empty",
         "missing-adapter",
+        "loop-zero-tokens",
     ],
 )
 def test_bad_recipe_exits_2_with_the_key_path(tmp_path, edit, expect):

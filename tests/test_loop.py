@@ -82,7 +82,7 @@ stages:
   - generate: {n: 2, temperature: 0.8, max_tokens: 32, seed: 0}
   - verify: {verifiers: [math]}
   - export: {formats: [sft]}
-loop: {iterations: 2, patience: 5, validation_n: 6, mine_n: 6, max_steps: 2, per_prompt: 2, max_tokens: 32,
+loop: {iterations: 2, patience: 5, validation_n: 6, mine_n: 6, max_steps: 2, per_prompt: 2,
        hard_samples: 4, stop_at: 1, lora_mode: vllm}
 """
 
@@ -120,6 +120,9 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     pool = {r["id"] for r in store.load_table(run_dir / "loop" / "mine-pool" / "data").to_pylist()}
     val = {r["id"] for r in store.load_table(run_dir / "loop" / "validation" / "data").to_pylist()}
     assert pool and not pool & val
+    # students are scored at the answer length the training answers were cut at (the generate stage's)
+    scored = json.loads((run_dir / "loop" / "iter_0" / "validate" / "manifest.json").read_text())
+    assert scored["config"]["max_tokens"] == 32
     assert "iteration 1: validation accuracy" in r.stdout
     train_manifest = run_dir / "loop" / "iter_1" / "train" / "manifest.json"
     before = train_manifest.stat().st_mtime_ns
