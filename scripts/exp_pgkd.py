@@ -265,7 +265,9 @@ def main() -> None:
         "elsewhere; the arm later uses the first ones its budget buys)",
     )
     args = ap.parse_args()
-    loop = {"iterations": args.iterations}
+    # max_tokens: the loop scored students at 128 answer tokens before its default became the generate stage's
+    # 96; pinned, so arms still to run pick their best round exactly as the arms already measured did.
+    loop = {"iterations": args.iterations, "max_tokens": 128}
     if args.quick:
         args.n, args.test_n = 16, 16
         loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
