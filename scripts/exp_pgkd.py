@@ -356,9 +356,11 @@ def rescore(out: Path, test_n: int, max_tokens: int, seeds: list[int]) -> None:
 
 
 def wording(prompt: str, expression: str) -> str:
-    """Which held-out wording a test question uses (prompts/tasks/arithmetic_heldout.jinja)."""
-    if prompt.startswith(("Find the value of", "Work out")):
-        return " ".join(prompt.split()[:2]) + " ..."
+    """Which wording a question uses (prompts/tasks/arithmetic_{heldout,train}.jinja): its opening words, or
+    `story (op)` for the one word problem each operator has."""
+    for start in ("Find the value of", "Work out", "Calculate", "What is the result of", "What is"):
+        if prompt.startswith(start + " "):
+            return start + " ..."
     if prompt.endswith("= ?"):
         return "... = ?"
     return f"story ({expression.split()[1]})"
@@ -392,6 +394,21 @@ def by_wording(out: Path, test_n: int, seeds: list[int]) -> None:
     for k in sorted(table, key=lambda k: -counts[k]):
         cells = [f"{100 * statistics.mean(table[k][a]):.0f}" if a in table[k] else "-" for a in arms]
         print(f"| {k} | {counts[k]} | " + " | ".join(cells) + " |")
+    # The loop mines on training-split prompts, in the training wording: what round 0 fails there.
+    from pipeline import store
+
+    mined: dict[str, list[int]] = {}
+    for seed in seeds:
+        folder = out / f"loop-s{seed}" / "run" / "loop" / "iter_0" / "mine"
+        for part, solved in (("data", 0), ("rejected", 1)):
+            if (folder / part).exists():
+                for r in store.load_table(folder / part).to_pylist():
+                    k = wording(r["prompt"], json.loads(r["meta"])["expression"])
+                    mined.setdefault(k, [0, 0])[0] += solved
+                    mined[k][1] += 1
+    if mined:
+        print("\nRound 0 on the loop's mining pool (training wording), all seeds pooled:")
+        print("  " + ", ".join(f"{k} {solved}/{n}" for k, (solved, n) in sorted(mined.items())))
 
 
 def save_ablation(out: Path, name: str, result: dict) -> None:
