@@ -384,10 +384,10 @@ def by_wording(out: Path, test_n: int, seeds: list[int]) -> None:
                 continue
             passed: dict[str, list[bool]] = {}
             for r in json.loads((out / f).read_text())["rows"]:
-                passed.setdefault(kind[r["id"]], []).append(bool(r["passed"]))
+                passed.setdefault(kind.get(r["id"], "other"), []).append(bool(r["passed"]))
             for k, v in passed.items():
                 table.setdefault(k, {}).setdefault(arm, []).append(sum(v) / len(v))
-    counts = {k: list(kind.values()).count(k) for k in table}
+    counts = {k: list(kind.values()).count(k) for k in table}  # "other": a test file of another --test-n
     print(f"\nTest accuracy % by held-out wording (mean over seeds {seeds})")
     print("| wording | problems | " + " | ".join(arms) + " |")
     print("|---|---|" + "---|" * len(arms))
