@@ -296,16 +296,10 @@ class LoopConfig:
     )
 
     def validate(self, path: str) -> None:
-        counts = (
-            "iterations",
-            "patience",
-            "validation_n",
-            "mine_n",
-            "per_prompt",
-            "new_weight",
-            "hard_samples",
-        )
-        for name in (*counts, "stop_at", "max_per_prompt", "max_steps", "max_tokens"):
+        for name in (
+            "iterations", "patience", "validation_n", "mine_n", "per_prompt", "new_weight", "hard_samples",
+            "stop_at", "max_per_prompt", "max_steps", "max_tokens",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{path}.{name} must be at least 1, not {value}")

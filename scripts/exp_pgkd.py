@@ -368,6 +368,7 @@ def wording(prompt: str, expression: str) -> str:
 
 def by_wording(out: Path, test_n: int, seeds: list[int]) -> None:
     """Test accuracy per held-out wording, mean over seeds: where the students fail."""
+    from pipeline import store
     from pipeline.tasks import load_task
 
     kind = {}
@@ -395,8 +396,6 @@ def by_wording(out: Path, test_n: int, seeds: list[int]) -> None:
         cells = [f"{100 * statistics.mean(table[k][a]):.0f}" if a in table[k] else "-" for a in arms]
         print(f"| {k} | {counts[k]} | " + " | ".join(cells) + " |")
     # The loop mines on training-split prompts, in the training wording: what round 0 fails there.
-    from pipeline import store
-
     mined: dict[str, list[int]] = {}
     for seed in seeds:
         folder = out / f"loop-s{seed}" / "run" / "loop" / "iter_0" / "mine"
