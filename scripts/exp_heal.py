@@ -210,28 +210,42 @@ def loop_is_wired() -> bool:
     return "context.student.model" in source or "student_model(" in source
 
 
-def pgkd(out: Path, s: dict, layers: int, pruned: str) -> tuple[Path | None, str]:
-    """(c): the PGKD loop with the pruned student; returns its best adapter, or None and why not."""
+def pgkd(out: Path, s: dict, layers: int, pruned: str, base_run: Path | None) -> tuple[Path | None, str]:
+    """(c): the PGKD loop with the pruned student; returns its best adapter, or None and why not.
+
+    With `base_run` the loop is the quickstart recipe (its vLLM teacher and loop defaults) with the pruned
+    student, started from the base run's finished stages (the fingerprints match, so they are not redone);
+    without, it is this experiment's own recipe on its own data run."""
     from pipeline.loop import run_loop
     from pipeline.models import resolve
 
-    done = out / f"loop-{layers}" / "summary.json"
+    run_dir = out / f"loop-{layers}"
+    done = run_dir / "loop" / "summary.json"
     if not done.exists():
         if not loop_is_wired():
             return None, "loop.py does not train the pruned student yet (call pipeline.student.student_model)"
-        # The loop shares the data run (its stages are complete there, so they are skipped), then moves away.
-        recipe_path = write_recipe(out / f"loop-{layers}.yaml", s, prune_layers=layers)
-        data_dir = out / "data"
-        shutil.rmtree(data_dir / "loop", ignore_errors=True)
-        run_loop(recipe_path, run_dir=data_dir, log=log)
-        shutil.rmtree(out / f"loop-{layers}", ignore_errors=True)
-        (data_dir / "loop").rename(out / f"loop-{layers}")
+        if base_run is not None:
+            recipe = yaml.safe_load((REPO / "scripts" / "recipes" / "quickstart.yaml").read_text())
+            recipe["run"] = f"loop-{layers}"
+            recipe["student"]["prune_layers"] = layers
+            recipe["loop"].update(iterations=s["loop_iterations"], max_tokens=ARITH_TOKENS)
+            recipe_path = out / f"loop-{layers}.yaml"
+            recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+            for stage in sorted(base_run.glob("0[0-2]-*")):  # prompts, generate, verify
+                if not (run_dir / stage.name).exists():
+                    shutil.copytree(stage, run_dir / stage.name)
+        else:
+            recipe_path = write_recipe(out / f"loop-{layers}.yaml", s, prune_layers=layers)
+            for stage in sorted((out / "data").glob("0[0-3]-*")):  # this experiment's finished data stages
+                if not (run_dir / stage.name).exists():
+                    shutil.copytree(stage, run_dir / stage.name)
+        run_loop(recipe_path, run_dir=run_dir, log=log)
     summary = json.loads(done.read_text())
     best = summary["best"]["iteration"]
-    trained = json.loads((out / f"loop-{layers}" / f"iter_{best}" / "train" / "manifest.json").read_text())
+    trained = json.loads((run_dir / "loop" / f"iter_{best}" / "train" / "manifest.json").read_text())
     if trained["model"].get("sha256") != resolve(pruned).identity["sha256"]:
         return None, "the loop trained another model than the pruned student"
-    return out / f"loop-{layers}" / f"iter_{best}" / "train" / "adapter", ""
+    return Path(summary["best"]["adapter"]), ""
 
 
 def evaluate(out: Path, name: str, model: str, adapter: Path | None, task: str, s: dict, engine: str) -> dict:
@@ -338,7 +352,11 @@ def main() -> int:
         help="a finished quickstart run (runs/quickstart): its verified data is (a), so no teacher generation",
     )
     parser.add_argument("--layers", type=int, nargs="+", help="pruning depths (default: the size's)")
-    parser.add_argument("--no-loop", action="store_true", help="skip (c), the PGKD loop per pruned student")
+    parser.add_argument(
+        "--no-loop",
+        action="store_true",
+        help="run no new (c), the PGKD loop per pruned student; a finished one is still reported",
+    )
     parser.add_argument(
         "--engine",
         choices=["hf", "vllm"],
@@ -390,7 +408,12 @@ def main() -> int:
                 train(pruned, self_data, out / f"train-{layers}-b", s),
             )
         )
-        adapter, why = (None, "not run (--no-loop)") if args.no_loop else pgkd(out, s, layers, pruned)
+        finished = (out / f"loop-{layers}" / "loop" / "summary.json").exists()
+        adapter, why = (
+            (None, "not run (--no-loop)")
+            if args.no_loop and not finished
+            else pgkd(out, s, layers, pruned, base_run)
+        )
         arms.append((f"pruned-{layers}-c", f"{tag} + PGKD loop (c)", pruned, adapter if adapter else why))
 
     rows, params = [], {}
