@@ -210,6 +210,11 @@ def loop_is_wired() -> bool:
     return "context.student.model" in source or "student_model(" in source
 
 
+def loop_summary(out: Path, layers: int) -> Path:
+    """Where (c)'s finished loop at this depth leaves its summary."""
+    return out / f"loop-{layers}" / "loop" / "summary.json"
+
+
 def pgkd(out: Path, s: dict, layers: int, pruned: str, base_run: Path | None) -> tuple[Path | None, str]:
     """(c): the PGKD loop with the pruned student; returns its best adapter, or None and why not.
 
@@ -220,25 +225,24 @@ def pgkd(out: Path, s: dict, layers: int, pruned: str, base_run: Path | None) ->
     from pipeline.models import resolve
 
     run_dir = out / f"loop-{layers}"
-    done = run_dir / "loop" / "summary.json"
+    done = loop_summary(out, layers)
     if not done.exists():
         if not loop_is_wired():
             return None, "loop.py does not train the pruned student yet (call pipeline.student.student_model)"
+        recipe_path = out / f"loop-{layers}.yaml"
         if base_run is not None:
             recipe = yaml.safe_load((REPO / "scripts" / "recipes" / "quickstart.yaml").read_text())
             recipe["run"] = f"loop-{layers}"
             recipe["student"]["prune_layers"] = layers
             recipe["loop"].update(iterations=s["loop_iterations"], max_tokens=ARITH_TOKENS)
-            recipe_path = out / f"loop-{layers}.yaml"
             recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-            for stage in sorted(base_run.glob("0[0-2]-*")):  # prompts, generate, verify
-                if not (run_dir / stage.name).exists():
-                    shutil.copytree(stage, run_dir / stage.name)
+            finished = base_run.glob("0[0-2]-*")  # prompts, generate, verify
         else:
-            recipe_path = write_recipe(out / f"loop-{layers}.yaml", s, prune_layers=layers)
-            for stage in sorted((out / "data").glob("0[0-3]-*")):  # this experiment's finished data stages
-                if not (run_dir / stage.name).exists():
-                    shutil.copytree(stage, run_dir / stage.name)
+            write_recipe(recipe_path, s, prune_layers=layers)
+            finished = (out / "data").glob("0[0-3]-*")  # this experiment's own data stages
+        for stage in sorted(finished):
+            if not (run_dir / stage.name).exists():
+                shutil.copytree(stage, run_dir / stage.name)
         run_loop(recipe_path, run_dir=run_dir, log=log)
     summary = json.loads(done.read_text())
     best = summary["best"]["iteration"]
@@ -408,12 +412,8 @@ def main() -> int:
                 train(pruned, self_data, out / f"train-{layers}-b", s),
             )
         )
-        finished = (out / f"loop-{layers}" / "loop" / "summary.json").exists()
-        adapter, why = (
-            (None, "not run (--no-loop)")
-            if args.no_loop and not finished
-            else pgkd(out, s, layers, pruned, base_run)
-        )
+        skip = args.no_loop and not loop_summary(out, layers).exists()
+        adapter, why = (None, "not run (--no-loop)") if skip else pgkd(out, s, layers, pruned, base_run)
         arms.append((f"pruned-{layers}-c", f"{tag} + PGKD loop (c)", pruned, adapter if adapter else why))
 
     rows, params = [], {}
