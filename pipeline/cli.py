@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import RetryPending, UserError
+from pipeline.prune import METHODS as PRUNE_METHODS
 
 STAGES = ("prompts", "generate", "verify", "mine", "regenerate", "self-distill", "export")
 
@@ -359,7 +360,7 @@ def cmd_loop(args) -> int:
 def cmd_prune(args) -> int:
     from pipeline.prune import prune
 
-    info = prune(args.model, args.layers, args.output, start=args.start)
+    info = prune(args.model, args.layers, args.output, start=args.start, by=args.by)
     print(json.dumps({"output": str(args.output), **info}))
     return 0
 
@@ -501,12 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "prune", help="drop the decoder layers that matter least (angular distance) -> a student"
-    )
+    p = sub.add_parser("prune", help="drop the decoder layers that matter least -> a smaller student")
     p.add_argument("model", help="model spec")
     p.add_argument("--layers", type=int, required=True, help="how many consecutive layers to drop")
-    p.add_argument("--start", type=int, help="first layer to drop (default: least angular distance)")
+    p.add_argument("--start", type=int, help="first layer to drop (default: the block chosen --by)")
+    p.add_argument(
+        "--by",
+        choices=PRUNE_METHODS,
+        default="kl",
+        help="kl: the block whose removal changes the model's greedy answers to calibration prompts least "
+        "(default); angular: least angular distance of the hidden states across the block (no generation)",
+    )
     p.add_argument("--output", type=Path, required=True, help="folder for the pruned model")
     p.set_defaults(func=cmd_prune)
 

@@ -179,7 +179,14 @@ class StudentConfig:
         default=0, metadata={"help": "drop this many decoder layers (depth pruning) first"}
     )
     prune_start: int | None = field(
-        default=None, metadata={"help": "first layer to drop (default: chosen by angular distance)"}
+        default=None, metadata={"help": "first layer to drop (default: chosen by `prune_by`)"}
+    )
+    prune_by: str = field(
+        default="kl",
+        metadata={
+            "help": "how the block is chosen: `kl` (least change of the model's own answers to calibration "
+            "prompts) or `angular` (least angular distance of the hidden states across the block)"
+        },
     )
 
     def validate(self, path: str) -> None:
@@ -187,6 +194,10 @@ class StudentConfig:
             raise UserError(f"{path}.prune_layers must be 0 (no pruning) or more, not {self.prune_layers}")
         if self.prune_start is not None and not self.prune_layers:
             raise UserError(f"{path}.prune_start needs prune_layers (how many layers to drop from there)")
+        from pipeline.prune import METHODS
+
+        if self.prune_by not in METHODS:
+            raise UserError(f"{path}.prune_by must be one of {', '.join(METHODS)}, not '{self.prune_by}'")
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The student a recipe trains: its model spec, pruned once (and cached) when `student.prune_layers` is set.
 
-    student: {model: smollm2-135m-instruct, prune_layers: 2}        # optionally prune_start: 25
+    student: {model: smollm2-135m-instruct, prune_layers: 2}   # optionally prune_by: angular, prune_start: 25
 
-The first step that needs the student drops `prune_layers` consecutive decoder layers (the block with the
-least angular distance on calibration prompts drawn from the recipe's source, or from `prune_start`) and
+The first step that needs the student drops `prune_layers` consecutive decoder layers (the block whose
+removal changes the model's answers to calibration prompts from the recipe's source least, `prune_by: kl`;
+or the least angular distance, `prune_by: angular`; or from `prune_start`) and
 saves the result in `runs/<run>/student-pruned/`. Its `manifest.json` records the source model's identity,
 the settings, the calibration prompts' hash, the layers dropped and the pruned weights' sha256. Every later
 step (training, evaluation, mine, the PGKD loop) loads that folder; a rerun with the same settings reuses it,
@@ -25,7 +26,7 @@ from pipeline.errors import UserError
 
 PRUNED_DIR = "student-pruned"
 CALIBRATION_PROMPTS = 24  # enough to rank blocks stably on this model (ENVIRONMENT.md used 36)
-VERSION = "1"
+VERSION = "2"  # 2: the block is chosen by `prune_by` (kl by default)
 
 
 def student_model(recipe, run_dir: str | Path | None = None) -> str:
@@ -53,6 +54,7 @@ def ensure_pruned(student, source, folder: Path) -> Path:
         "source_model": resolve(student.model).identity,
         "prune_layers": student.prune_layers,
         "prune_start": student.prune_start,
+        "prune_by": student.prune_by,
         "calibration_sha256": store.sha256_text(json.dumps(prompts)),
     }
     manifest = store.read_manifest(folder)
@@ -69,13 +71,20 @@ def ensure_pruned(student, source, folder: Path) -> Path:
     )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    info = prune(student.model, student.prune_layers, tmp, start=student.prune_start, prompts=prompts)
+    info = prune(
+        student.model,
+        student.prune_layers,
+        tmp,
+        start=student.prune_start,
+        prompts=prompts,
+        by=student.prune_by,
+    )
     record = {
         **wanted,
         "calibration_prompts": len(prompts),
         "dropped": info["dropped"],
         "layers": info["layers"],
-        "angular_distance": info.get("angular_distance"),
+        "score": info.get("score"),  # of the dropped block (kl or angular distance); None with prune_start
         "weights_sha256": weights_hash(tmp),
     }
     store.write_json_atomic(tmp / "manifest.json", record)

@@ -5,10 +5,11 @@ Self-data distillation (Thangarasa et al., 2024) on SmolLM2-135M-Instruct:
 1. Teacher data: the model answers arithmetic prompts (several samples each); the math verifier keeps the
    correct answers (a recipe: generate -> verify -> export). Then the unpruned model rewrites those answers in
    its own words (`self-distill`), and the rewrites are exported too.
-2. Prune 2 and 4 layers (the block with the least angular distance on the recipe's prompts;
-   `student.prune_layers`, cached per arm in <out>/prune-<L>/student-pruned).
+2. Prune 2 and 4 layers (the block whose removal changes the model's answers to the recipe's prompts least,
+   `student.prune_layers` with `prune_by: kl`, cached per arm in <out>/prune-<L>/student-pruned).
 3. Heal each pruned student with LoRA for the same number of steps on (a) the verified teacher data and
-   (b) its self-distilled rewrite; (c) run the PGKD loop (`distill loop`) with the pruned model as student.
+   (b) its self-distilled rewrite; (c) run the PGKD loop (`distill loop`) with the pruned model as student;
+   (d) distill the unpruned model's top-5 logprobs on (a)'s answers (`distill train kd`).
    Train the unpruned model like (a) as the reference for the trained task.
 4. Evaluate every model greedily on the arithmetic test split (trained task) and on capitals of well-known
    countries (not trained on: forgetting), and print a markdown table with accuracy, parameters, generation
@@ -89,6 +90,7 @@ SETTINGS = {
 }
 MODEL = "smollm2-135m-instruct"
 TRAIN_CONFIG = REPO / "scripts" / "configs" / "sft.yaml"
+KD_CONFIG = REPO / "scripts" / "configs" / "kd.yaml"
 ARITH_TOKENS, CAPITALS_TOKENS = 96, 48
 
 
@@ -111,10 +113,11 @@ def write_recipe(path: Path, s: dict, prune_layers: int = 0) -> Path:
                     "top_p": 0.95,
                     "max_tokens": s["max_tokens"],
                     "seed": 0,
+                    "logprobs": 5,  # the unpruned model's top-5 per answer token: (d) distills them
                 }
             },
             {"verify": {"verifiers": ["math"]}},
-            {"export": {"formats": ["sft"]}},
+            {"export": {"formats": ["sft", "kd"]}},
         ],
         "loop": {
             "iterations": s["loop_iterations"],
@@ -169,15 +172,16 @@ def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tupl
     return plain, data_dir / "05-export"
 
 
-def train(model: str, dataset: Path, output: Path, s: dict) -> Path:
+def train(model: str, dataset: Path, output: Path, s: dict, mode: str = "sft") -> Path:
+    """A LoRA adapter trained for the size's steps: `sft` on the answers, or `kd` on the teacher's top-k."""
     from pipeline.train import run_training
 
     if not (output / "manifest.json").exists():
         steps = s["steps"]
-        log(f"training {output.name}: {steps} steps on {dataset.name}")
+        log(f"training {output.name}: {steps} {mode} steps on {dataset.name}")
         run_training(
-            "sft",
-            str(TRAIN_CONFIG),
+            mode,
+            str(TRAIN_CONFIG if mode == "sft" else KD_CONFIG),
             {
                 "model": model,
                 "dataset": str(dataset),
@@ -410,6 +414,14 @@ def main() -> int:
                 f"{tag} + SFT on self-distilled data (b)",
                 pruned,
                 train(pruned, self_data, out / f"train-{layers}-b", s),
+            )
+        )
+        arms.append(
+            (
+                f"pruned-{layers}-d",
+                f"{tag} + top-5 logit KD from the unpruned model (d)",
+                pruned,
+                train(pruned, sft_data, out / f"train-{layers}-d", s, mode="kd"),
             )
         )
         skip = args.no_loop and not loop_summary(out, layers).exists()

@@ -52,8 +52,9 @@ def test_recipe_with_prune_layers_trains_a_student_with_fewer_layers(embedded, t
     moved = load_recipe(_recipe(tmp_path, "moved", prune_layers=2, prune_start=3))
     assert student_model(moved, run_dir) == str(folder)
     assert json.loads((folder / "manifest.json").read_text())["dropped"] == [3, 4]
-    context = recipe.context(run_dir)  # back to the angular-distance choice
+    context = recipe.context(run_dir)  # back to the block chosen by kl
     assert json.loads((folder / "manifest.json").read_text())["dropped"] == manifest["dropped"]
+    assert manifest["prune_by"] == "kl" and manifest["score"] is not None
 
     rows = [
         {
@@ -103,6 +104,8 @@ def test_recipe_with_prune_layers_trains_a_student_with_fewer_layers(embedded, t
 def test_student_settings_are_validated(tmp_path):
     with pytest.raises(UserError, match="prune_start needs prune_layers"):
         load_recipe(_recipe(tmp_path, "bad", prune_start=3))
+    with pytest.raises(UserError, match="prune_by must be one of kl, angular, not 'depth'"):
+        load_recipe(_recipe(tmp_path, "by", prune_layers=2, prune_by="depth"))
     with pytest.raises(UserError, match="prune_layers must be 0"):
         load_recipe(_recipe(tmp_path, "neg", prune_layers=-1))
     plain = load_recipe(_recipe(tmp_path, "plain"))

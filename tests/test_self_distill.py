@@ -26,8 +26,17 @@ def test_prune_drops_the_least_changing_block_and_still_generates(embedded, tmp_
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
     assert json.loads((tmp_path / "pruned" / "pruning.json").read_text())["dropped"] == info["dropped"]
+    # kl (the default): every block is scored by how far dropping it moves the model's own answers.
+    scores = info["scores"]
+    assert info["chosen_by"] == "kl" and len(scores) == 29 and info["score"] == min(scores)
+    assert scores[0] > 5 * info["score"], "dropping the first layers breaks the model: a far larger KL"
+    assert tok.padding_side == AutoTokenizer.from_pretrained(embedded.path).padding_side, "saved unpadded"
+    angular = prune(embedded.spec, 2, tmp_path / "angular", prompts=["What is 2 + 3?"], by="angular")
+    assert angular["chosen_by"] == "angular" and angular["score"] == min(angular["scores"])
     with pytest.raises(UserError, match="--layers must be between"):
         prune(embedded.spec, 30, tmp_path / "x")
+    with pytest.raises(UserError, match="--by must be one of kl, angular"):
+        prune(embedded.spec, 2, tmp_path / "x", by="random")
 
 
 def test_self_distill_rewrites_and_keeps_originals_that_fail(embedded, tmp_path):

@@ -3,7 +3,7 @@
 Each row holds a prompt, the teacher's completion, and for every completion token the teacher's top-k ids
 and log-probabilities. The student is trained on
 
-    loss = (1 - ce_weight) * divergence(student || teacher on the top-k, temperature) + ce_weight * CE
+    loss = (1 - ce_weight) * divergence(student || teacher on the top-k + rest, temperature) + ce_weight * CE
 
 with the divergence from ``pipeline.train.kd_loss`` (forward KL, reverse KL, or generalized JSD), computed
 only on completion tokens. ``KDTrainer`` is TRL's ``SFTTrainer`` (model loading, PEFT, logging) with its own

@@ -1,12 +1,18 @@
 """Offline top-k logit distillation losses (pure torch, no trainer).
 
-The teacher stored only its top-k log-probabilities per completion token (`topk_ids`, `topk_logprobs`).
-Both distributions are therefore compared on the teacher's top-k support, renormalized there:
+The teacher stored only its top-k log-probabilities per completion token (`topk_ids`, `topk_logprobs`, from
+its full-vocabulary softmax, as vLLM and the HF engine report them). Both sides are compared on k + 1
+buckets: the teacher's top-k ids, and the rest of the vocabulary as one bucket holding the remaining mass.
 
-    q = softmax(teacher_logprobs / T)              over the k ids
-    p = softmax(student_logits[..., topk_ids] / T) over the same k ids
+    q = [teacher top-k probabilities, 1 - their sum]
+    p = [student full-softmax probabilities of those ids, 1 - their sum]
 
-and the divergence is one of (the GKD convention, Agarwal et al. 2024, Eq. 1; MiniLLM uses reverse KL):
+The rest bucket matters: compared on the top-k alone (both renormalized there), a student can move any
+amount of mass to tokens the teacher never ranks without paying for it. Trained that way, a 2-layer-pruned
+SmolLM2 learned to ramble and repeat (25% on capitals against 46% before training); the rest bucket makes
+that mass cost what it costs the teacher.
+
+The divergence is one of (the GKD convention, Agarwal et al. 2024, Eq. 1; MiniLLM uses reverse KL):
 
 - ``forward_kl``: KL(q || p), mode-covering (classic Hinton KD);
 - ``reverse_kl``: KL(p || q), mode-seeking (MiniLLM);
@@ -14,12 +20,13 @@ and the divergence is one of (the GKD convention, Agarwal et al. 2024, Eq. 1; Mi
   JSD_beta = beta * KL(q || m) + (1 - beta) * KL(p || m); as in TRL's GKD trainer, ``beta=0`` means forward
   KL and ``beta=1`` reverse KL, and ``beta=0.5`` is the symmetric JSD (bounded by ln 2).
 
-Temperature: T > 1 flattens both distributions, T < 1 sharpens them. The divergence is multiplied by T**2
-(Hinton et al. 2015) so that gradient magnitudes stay comparable across temperatures; hence
-``topk_kd_loss(s, t, T) == T**2 * topk_kd_loss(s / T, t / T, 1)``.
+Temperature: T > 1 flattens both distributions, T < 1 sharpens them; it applies to the k + 1 buckets (the
+teacher's full logits are not stored, so its rest bucket is tempered as one token; exact at T = 1). The
+divergence is multiplied by T**2 (Hinton et al. 2015) so that gradient magnitudes stay comparable across
+temperatures; hence ``token_divergence(s, t, T) == T**2 * token_divergence(s / T, t / T, 1)``.
 
-Because both sides are renormalized on the same support, the loss is exactly zero when the student's
-top-k logits equal the teacher's log-probabilities up to a per-token constant.
+``token_divergence`` renormalizes both inputs on their common support, so it is exactly zero when the
+student's bucket logits equal the teacher's log-probabilities up to a per-token constant.
 """
 
 from __future__ import annotations
@@ -96,9 +103,31 @@ def topk_kd_loss(
         topk_logprobs: ``[B, L, k]`` teacher log-probabilities of those ids (``-inf`` for missing slots).
         mask: ``[B, L]`` bool, True where a teacher distribution exists. None means all positions.
     """
-    student_topk = torch.gather(student_logits, -1, topk_ids.clamp_min(0).long())
-    per_token = token_divergence(student_topk, topk_logprobs, divergence, temperature, beta)
+    teacher = topk_logprobs.float()
+    pad = torch.isinf(teacher) & (teacher < 0)
+    # Positions without a teacher distribution (masked out below) get a harmless one-token stand-in, so that
+    # no all -inf row reaches logsumexp: its gradient would be NaN, and NaN * 0 is still NaN.
+    empty = pad.all(dim=-1, keepdim=True)
+    first = torch.zeros_like(pad)
+    first[..., 0] = True
+    pad = pad & ~(empty & first)
+    teacher = teacher.masked_fill(empty & first, 0.0)
+    # The student's full-vocabulary log-probabilities of the teacher's ids, without a [B, L, V] log_softmax.
+    logits = student_logits.float()
+    student = torch.gather(logits, -1, topk_ids.clamp_min(0).long()) - torch.logsumexp(
+        logits, -1, keepdim=True
+    )
+    student = student.masked_fill(pad, float("-inf"))
+    per_token = token_divergence(with_rest(student), with_rest(teacher), divergence, temperature, beta)
     if mask is None:
         return per_token.mean()
     mask = mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def with_rest(topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """``[..., k]`` log-probabilities of a distribution's top-k -> ``[..., k + 1]``: the last bucket is the
+    log of the mass on every other token (a tiny floor when the top-k hold it all)."""
+    covered = torch.logsumexp(topk_logprobs, dim=-1, keepdim=True).clamp(max=-1e-6)
+    rest = torch.log(-torch.expm1(covered))  # log(1 - exp(covered)), stable near 0
+    return torch.cat([topk_logprobs, rest], dim=-1)
