@@ -20,6 +20,8 @@ Self-data distillation (Thangarasa et al., 2024) on SmolLM2-135M-Instruct:
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python scripts/exp_heal.py           # the full table (hours)
     # about an hour: the quickstart's verified data as (a), 2 layers pruned, no loop arm
     OMP_NUM_THREADS=1 .venv/bin/python scripts/exp_heal.py --medium --base-run runs/quickstart --no-loop
+    # (a), (b) and the unpruned reference over three training seeds: about 35 min more per extra seed
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/exp_heal.py --medium --base-run runs/quickstart --no-loop --seeds 0 1 2
 
 On a CPU shared with other jobs, OMP_NUM_THREADS=1 matters: with more torch threads than free cores,
 generation measured 10x slower here (0.5 vs 4.7 tokens/s) because of threads waiting on each other.
@@ -172,13 +174,14 @@ def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tupl
     return plain, data_dir / "05-export"
 
 
-def train(model: str, dataset: Path, output: Path, s: dict, mode: str = "sft") -> Path:
-    """A LoRA adapter trained for the size's steps: `sft` on the answers, or `kd` on the teacher's top-k."""
+def train(model: str, dataset: Path, output: Path, s: dict, mode: str = "sft", seed: int = 0) -> Path:
+    """A LoRA adapter trained for the size's steps: `sft` on the answers, or `kd` on the teacher's top-k.
+    `seed` sets the LoRA initialisation and the data order."""
     from pipeline.train import run_training
 
     if not (output / "manifest.json").exists():
         steps = s["steps"]
-        log(f"training {output.name}: {steps} {mode} steps on {dataset.name}")
+        log(f"training {output.name}: {steps} {mode} steps on {dataset.name} (seed {seed})")
         run_training(
             mode,
             str(TRAIN_CONFIG if mode == "sft" else KD_CONFIG),
@@ -189,6 +192,7 @@ def train(model: str, dataset: Path, output: Path, s: dict, mode: str = "sft") -
                 "max_steps": steps,
                 "per_device_train_batch_size": s["batch_size"],
                 "logging_steps": max(1, steps // 10),
+                "seed": seed,
             },
         )
     return output / "adapter"
@@ -201,6 +205,11 @@ def _same_training(folder: Path, s: dict) -> bool:
         done.get("steps") == s["steps"]
         and done["config"].get("per_device_train_batch_size") == s["batch_size"]
     )
+
+
+def _tag(seed: int) -> str:
+    """The suffix of a training seed's folders and evaluations: none for seed 0, the one every arm has."""
+    return f"-s{seed}" if seed else ""
 
 
 def loop_is_wired() -> bool:
@@ -325,22 +334,32 @@ def parameters(model: str) -> int:
 
 
 def table(rows: list[dict]) -> str:
+    """Markdown: one row per arm. With several seeds a score is their mean, each seed's in brackets; the
+    retentions divide the means."""
     ref_trained = next(r for r in rows if r["key"] == "unpruned-a")["arithmetic"]
     ref_untrained = next(r for r in rows if r["key"] == "original")["capitals"]
     lines = [
-        "| model | params (M) | arithmetic (trained) | capitals (not trained) | gen tok/s "
+        "| model | params (M) | seeds | arithmetic (trained) | capitals (not trained) | gen tok/s "
         "| retention trained | retention untrained |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def score(values: list[float]) -> str:
+        mean = sum(values) / len(values)
+        each = " / ".join(f"{v:.1%}" for v in values)
+        return f"{mean:.1%}" + (f" ({each})" if len(values) > 1 else "")
+
     for r in rows:
         if r.get("missing"):
-            lines.append(f"| {r['label']} | - | - | - | - | - | - ({r['missing']}) |")
+            lines.append(f"| {r['label']} | - | - | - | - | - | - | - ({r['missing']}) |")
             continue
-        keep_t = f"{r['arithmetic'] / ref_trained:.0%}" if ref_trained else "n/a"
-        keep_u = f"{r['capitals'] / ref_untrained:.0%}" if ref_untrained else "n/a"
+        arith, caps = (sum(r[t]) / len(r[t]) for t in ("arithmetic", "capitals"))
+        refs = [sum(x) / len(x) for x in (ref_trained, ref_untrained)]
+        keep_t = f"{arith / refs[0]:.0%}" if refs[0] else "n/a"
+        keep_u = f"{caps / refs[1]:.0%}" if refs[1] else "n/a"
         lines.append(
-            f"| {r['label']} | {r['params'] / 1e6:.1f} | {r['arithmetic']:.1%} | {r['capitals']:.1%} "
-            f"| {r['tok_s']:.0f} | {keep_t} | {keep_u} |"
+            f"| {r['label']} | {r['params'] / 1e6:.1f} | {len(r['arithmetic'])} | {score(r['arithmetic'])} "
+            f"| {score(r['capitals'])} | {r['tok_s']:.0f} | {keep_t} | {keep_u} |"
         )
     return "\n".join(lines)
 
@@ -366,6 +385,14 @@ def main() -> int:
         help="run no new (c), the PGKD loop per pruned student; a finished one is still reported",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training seeds (LoRA init, data order) of (a), (b) and the unpruned reference; the table "
+        "shows their mean and each seed. (c) and (d) train with seed 0 only",
+    )
+    parser.add_argument(
         "--engine",
         choices=["hf", "vllm"],
         help="engine of the rewrite and the evaluations (default: the size's)",
@@ -387,67 +414,56 @@ def main() -> int:
     from pipeline.student import student_model
 
     sft_data, self_data = teacher_data(out, s, base_run, engine)
-    arms = [("original", "original", MODEL, None)]
+    # Each arm: key, label, model, and per training seed its adapter (None: untrained; a str: why it is missing).
+    arms = [("original", "original", MODEL, {0: None})]
     reference = base_run / "train-sft" if base_run else None
-    if reference and (reference / "manifest.json").exists() and _same_training(reference, s):
-        unpruned_a = reference / "adapter"  # the quickstart's student is exactly this arm
-    else:
-        unpruned_a = train(MODEL, sft_data, out / "train-unpruned-a", s)
+    unpruned_a = {}
+    for seed in args.seeds:
+        if not seed and reference and (reference / "manifest.json").exists() and _same_training(reference, s):
+            unpruned_a[seed] = reference / "adapter"  # the quickstart's student is exactly this arm
+        else:
+            unpruned_a[seed] = train(MODEL, sft_data, out / f"train-unpruned-a{_tag(seed)}", s, seed=seed)
     arms.append(("unpruned-a", "unpruned + SFT on teacher data (a)", MODEL, unpruned_a))
     for layers in s["layers"]:
         recipe = load_recipe(write_recipe(out / f"prune-{layers}.yaml", s, prune_layers=layers))
         pruned = student_model(recipe, out / f"prune-{layers}")
         dropped = json.loads((Path(pruned) / "manifest.json").read_text())["dropped"]
         tag = f"pruned {layers} (layers {dropped[0]}-{dropped[-1]})"
-        arms.append((f"pruned-{layers}", tag, pruned, None))
+        arms.append((f"pruned-{layers}", tag, pruned, {0: None}))
+        for arm, label, data in (
+            ("a", "SFT on teacher data", sft_data),
+            ("b", "SFT on self-distilled data", self_data),
+        ):
+            adapters = {
+                seed: train(pruned, data, out / f"train-{layers}-{arm}{_tag(seed)}", s, seed=seed)
+                for seed in args.seeds
+            }
+            arms.append((f"pruned-{layers}-{arm}", f"{tag} + {label} ({arm})", pruned, adapters))
+        kd = train(pruned, sft_data, out / f"train-{layers}-d", s, mode="kd")  # (d) and (c): seed 0 only
         arms.append(
-            (
-                f"pruned-{layers}-a",
-                f"{tag} + SFT on teacher data (a)",
-                pruned,
-                train(pruned, sft_data, out / f"train-{layers}-a", s),
-            )
-        )
-        arms.append(
-            (
-                f"pruned-{layers}-b",
-                f"{tag} + SFT on self-distilled data (b)",
-                pruned,
-                train(pruned, self_data, out / f"train-{layers}-b", s),
-            )
-        )
-        arms.append(
-            (
-                f"pruned-{layers}-d",
-                f"{tag} + top-5 logit KD from the unpruned model (d)",
-                pruned,
-                train(pruned, sft_data, out / f"train-{layers}-d", s, mode="kd"),
-            )
+            (f"pruned-{layers}-d", f"{tag} + top-5 logit KD from the unpruned model (d)", pruned, {0: kd})
         )
         skip = args.no_loop and not loop_summary(out, layers).exists()
         adapter, why = (None, "not run (--no-loop)") if skip else pgkd(out, s, layers, pruned, base_run)
-        arms.append((f"pruned-{layers}-c", f"{tag} + PGKD loop (c)", pruned, adapter if adapter else why))
+        arms.append(
+            (f"pruned-{layers}-c", f"{tag} + PGKD loop (c)", pruned, {0: adapter if adapter else why})
+        )
 
     rows, params = [], {}
     speed = generation_speed(list(dict.fromkeys(a[2] for a in arms)), s)
-    for key, label, model, adapter in arms:
-        if isinstance(adapter, str):  # an arm that could not run, and why
-            rows.append({"key": key, "label": label, "missing": adapter})
+    for key, label, model, adapters in arms:
+        if isinstance(adapters.get(0), str):  # an arm that could not run, and why
+            rows.append({"key": key, "label": label, "missing": adapters[0]})
             continue
-        arith = evaluate(out, key, model, adapter, "arithmetic", s, engine)
-        caps = evaluate(out, key, model, adapter, "capitals", s, engine)
+        row = {"key": key, "label": label, "arithmetic": [], "capitals": []}
+        for seed, adapter in adapters.items():
+            for task in ("arithmetic", "capitals"):
+                row[task].append(
+                    evaluate(out, f"{key}{_tag(seed)}", model, adapter, task, s, engine)["pass@1"]
+                )
         if model not in params:
             params[model] = parameters(model)
-        rows.append(
-            {
-                "key": key,
-                "label": label,
-                "params": params[model],
-                "arithmetic": arith["pass@1"],
-                "capitals": caps["pass@1"],
-                "tok_s": speed[model],
-            }
-        )
+        rows.append({**row, "params": params[model], "tok_s": speed[model]})
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
     print(

@@ -202,6 +202,43 @@ def test_truncated_rewrite_is_not_exported_even_when_it_passes(tmp_path):
     assert [r["messages"][-1]["content"] for r in sft] == ["2 + 3 = 5. Answer: 5"]
 
 
+def test_rewrite_that_drops_the_working_keeps_the_original(tmp_path):
+    """A correct bare answer ("The answer is 12.") for a worked solution teaches guessing: the original stays."""
+    q1, q2 = "What is 7 + 5?", "What is 9 - 4?"
+    worked1 = "We add 7 and 5. 7 + 5 = 12, since 7 + 3 = 10 and 2 more is 12. Answer: 12"
+    worked2 = "Take 4 away from 9: 9 - 4 = 5. Answer: 5"
+    rows = [
+        {**_verified_row(0, "arithmetic", q1, "12", worked1), "verifier": "math"},
+        {**_verified_row(1, "arithmetic", q2, "5", worked2), "verifier": "math"},
+    ]
+    store.save_table(pa.Table.from_pylist(rows), tmp_path / "in" / "data")
+    replies = {q1: ("The answer is 12.", "stop"), q2: ("Nine minus four: 9 - 4 = 5. Answer: 5", "stop")}
+    ctx = RunContext(student=StudentConfig(model="smollm2-135m-instruct"))
+    manifest = self_distill.run(
+        self_distill.Config(engine="hf"),
+        tmp_path / "in",
+        tmp_path / "out",
+        context=ctx,
+        engine=ScriptedRewriter(replies),
+    )
+    out = {r["id"]: r for r in store.load_table(tmp_path / "out" / "data").to_pylist()}
+    assert out["r0"]["self_distill_check"] == "shortened" and out["r0"]["completion"] == worked1
+    assert out["r1"]["self_distill_check"] == "passed" and out["r1"]["completion"].startswith("Nine minus")
+    assert manifest["stats"]["checks"] == {"shortened": 1, "passed": 1}
+
+    off = self_distill.Config(engine="hf", min_length_ratio=0.0)
+    self_distill.run(off, tmp_path / "in", tmp_path / "off", context=ctx, engine=ScriptedRewriter(replies))
+    kept = {r["id"]: r for r in store.load_table(tmp_path / "off" / "data").to_pylist()}
+    assert kept["r0"]["self_distilled"] and kept["r0"]["completion"] == "The answer is 12."
+
+
+def test_min_length_ratio_out_of_range_is_a_one_line_error():
+    from pipeline.config import from_dict
+
+    with pytest.raises(UserError, match="min_length_ratio must be between 0 and 1"):
+        from_dict(self_distill.Config, {"min_length_ratio": 2}, "self-distill")
+
+
 MESSY = [
     # (raw model output, cleaned rewrite)
     ("Sure! Here is the rewritten answer:\n\n2 + 3 = 5. Answer: 5", "2 + 3 = 5. Answer: 5"),

@@ -12,6 +12,8 @@ the verified original answer stays. `self_distill_check` records the outcome per
 - `failed` / `undecided`: the verifier rejected it / could not decide;
 - `truncated`: the rewrite hit `max_tokens` (a cut-off answer teaches the student not to stop);
 - `empty`: nothing was left after cleaning;
+- `shortened`: the rewrite is shorter than `min_length_ratio` times the original (in characters): it dropped
+  the working ("The answer is 42." for a worked solution), and a student trained on it learns to guess;
 - `unchecked`: no verifier can check this row; the rewrite is used only with `keep_unchecked: true`.
 
 A used rewrite gets its own `finish_reason` and `completion_tokens`; the teacher's `topk_ids` /
@@ -42,7 +44,7 @@ from pipeline.recipe import RunContext
 from pipeline.stages import Stage, input_ref, input_table, require_columns
 
 STAGE = "self-distill"
-VERSION = "2"  # 2: task verifiers, cleaned rewrites, fresh columns
+VERSION = "3"  # 2: task verifiers, cleaned rewrites, fresh columns; 3: shortened rewrites rejected
 TEMPLATE = "self_distill.jinja"
 ADDED = [
     ("original_completion", pa.string()),
@@ -73,10 +75,25 @@ class Config:
         default_factory=dict,
         metadata={"help": "options of the verifiers, by name, e.g. {label: {labels: [yes, no]}}"},
     )
+    min_length_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "a rewrite shorter than this fraction of the original (characters) dropped the working: "
+            "the original stays (0 = off)"
+        },
+    )
     keep_unchecked: bool = field(
         default=False, metadata={"help": "use rewrites that no verifier could check (marked unchecked)"}
     )
     shard_size: int = field(default=512, metadata={"help": "rows per shard (the unit of resume)"})
+
+    def validate(self, path: str) -> None:
+        if self.max_tokens < 1:
+            raise UserError(f"{path}.max_tokens must be at least 1")
+        if not 0 <= self.min_length_ratio <= 1:
+            raise UserError(
+                f"{path}.min_length_ratio must be between 0 and 1 (0 keeps rewrites of any length)"
+            )
 
 
 # Chatter around a rewrite, tried in order until nothing changes. Leading: courtesy words, then an
@@ -323,6 +340,8 @@ def _check(
             outcome[i] = "empty"
         elif s.finish_reason == "length":
             outcome[i] = "truncated"
+        elif len(text) < config.min_length_ratio * len(r["completion"] or ""):
+            outcome[i] = "shortened"
         else:
             names[i] = verifier_of(r, config, has_critic)
             if names[i] is None:
