@@ -5,8 +5,9 @@ unpruned model restate each target answer, so the healing data stays close to th
 distribution. Each rewrite is cleaned of chatter ("Sure! Here is ...", "I hope this helps!") and checked
 by the row's own verifier: the one its task names (arithmetic: math, capitals: label, humaneval: code; user
 data: the source's `verifier`), else the one that accepted it in the verify stage, else the critic (rows
-without a reference, when the run has a `critic:`). A rewrite is used only when that check passes; otherwise
-the verified original answer stays. `self_distill_check` records the outcome per row:
+without a reference, when the run has a `critic:`). A rewrite is used only when it is complete, kept the
+working, and that check passes; otherwise the verified original answer stays (the paper's fallback).
+`self_distill_check` records the outcome per row:
 
 - `passed`: the rewrite is used;
 - `failed` / `undecided`: the verifier rejected it / could not decide;
