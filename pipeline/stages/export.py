@@ -10,13 +10,15 @@ sample, ``sample_index``:
 
 ``prompt``, ``chosen``, ``rejected`` and ``completion`` are conversational (lists of chat messages), the form
 TRL's trainers take directly. Rows that are not exported are counted by reason in the manifest
-(``skipped``): ``not_passed``, ``undecided``, ``truncated``, ``no_topk``, ``over_max_per_prompt``.
+(``skipped``): ``not_passed``, ``undecided``, ``special_token`` (a teacher's chat markup in the answer),
+``truncated``, ``no_topk``, ``over_max_per_prompt`` (with ``keep`` deciding which answers stay).
 
     distill export --input runs/demo/02-verify --output runs/demo/03-export --formats sft dpo kd
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,9 @@ from pipeline.stages import Stage, input_ref, input_table, require_columns
 STAGE = "export"
 VERSION = "1"
 FORMATS = ("sft", "dpo", "kd")
+KEEP_RULES = ("first", "shortest", "student_likelihood")
+# Chat-template markup of any common family (ChatML <|im_end|>, <|endoftext|>, Llama <|eot_id|>, </s>, ...).
+SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>|</s>|<s>|\[/?INST\]")
 
 SCHEMAS = {
     "sft": pa.schema([("id", pa.string()), ("sample_index", pa.int32()), ("messages", MESSAGES)]),
@@ -71,6 +76,14 @@ class Config:
             "student learns to answer the prompts as users will ask them"
         },
     )
+    keep: str = field(
+        default="first",
+        metadata={
+            "help": "which verified answers to keep when `max_per_prompt` caps them: first (sample order), "
+            "shortest, or student_likelihood (the ones the recipe's student finds most likely: its mean "
+            "log-probability per token, in its own chat template)"
+        },
+    )
     drop_truncated: bool = field(
         default=True,
         metadata={
@@ -88,9 +101,10 @@ class Config:
             raise UserError(f"{path}.max_per_prompt must be >= 1 (or null for all)")
         if self.max_pairs_per_prompt < 1:
             raise UserError(f"{path}.max_pairs_per_prompt must be >= 1")
-
-
-ExportConfig = Config
+        if self.keep not in KEEP_RULES:
+            raise UserError(f"{path}.keep must be one of {', '.join(KEEP_RULES)}, not {self.keep!r}")
+        if self.keep != "first" and self.max_per_prompt is None:
+            raise UserError(f"{path}.keep: {self.keep} chooses among answers; set max_per_prompt (e.g. 1)")
 
 
 def run(
@@ -108,13 +122,23 @@ def run(
     `max_per_prompt` need all answers to a prompt together), so it is always one shard."""
     config.validate("export config")
     input_dir = Path(input_dir)
+    scorer = None
+    if config.keep == "student_likelihood":
+        student = getattr(getattr(context, "student", None), "model", None)
+        if not student:
+            raise UserError(
+                "export: keep: student_likelihood needs the recipe's `student:` (the model that scores answers)"
+            )
+        from pipeline.models import resolve
+
+        scorer = resolve(student)
     parts = {
         "stage": STAGE,
         "version": VERSION,
         "config": asdict(config),
         "templates": {},
         "inputs": [input_ref(input_dir)],
-        "models": {},
+        "models": {"scorer": scorer.identity} if scorer else {},
     }
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     done = st.completed_manifest()
@@ -131,7 +155,7 @@ def run(
     failing = store.load_table(rejected_dir) if rejected_dir.is_dir() else None
     if shard_index not in (None, 0):
         raise UserError("export runs as one shard; drop --shard-index (or pass --shard-index 0)")
-    stage = ExportStage(config, failing)
+    stage = ExportStage(config, failing, scorer)
     return store.run_sharded(st, table, stage, num_shards=1, shard_index=shard_index, executor=executor)
 
 
@@ -143,16 +167,17 @@ class ExportStage(Stage):
     reads = tuple(READS)
     writes = ("sft", "dpo", "kd")
 
-    def __init__(self, config: Config, failing: pa.Table | None) -> None:
+    def __init__(self, config: Config, failing: pa.Table | None, scorer=None) -> None:
         self.config = config
         self.failing = failing  # the input's rejected/ rows: DPO's rejected answers come from there too
+        self.scorer = scorer  # keep: student_likelihood -> the student's ResolvedModel
 
     def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         config = self.config
         rows = shard.to_pylist()
         failing = self.failing.to_pylist() if self.failing is not None else []
         skipped: Counter = Counter()
-        verified = _verified(rows, config, skipped)
+        verified = _verified(rows, config, skipped, self._rank(rows))
         tables = {}
         if "sft" in config.formats:
             tables["sft"] = [
@@ -198,6 +223,18 @@ class ExportStage(Stage):
         first = next(iter(out.values()))
         return store.ShardOutput(data=first.slice(0, 0), stats=stats, tables=out)
 
+    def _rank(self, rows: list[dict]) -> dict[int, float] | None:
+        """A sort key per row (by ``id(row)``; lower is kept first) for the keep rule, None for `first`."""
+        if self.config.keep == "shortest":
+            return {id(r): len(r["completion"] or "") for r in rows}
+        if self.config.keep == "student_likelihood":
+            from pipeline.engines.likelihood import answer_logprobs
+
+            scored = [r for r in rows if r.get("passed")]
+            logps = answer_logprobs(self.scorer, [(messages_of(r), r["completion"] or "") for r in scored])
+            return {id(r): -lp for r, lp in zip(scored, logps, strict=True)}
+        return None
+
     def summarize(self, shard_stats: list[dict]) -> dict:
         counts: dict = {}
         skipped: dict = {}
@@ -228,14 +265,23 @@ def _answer(row: dict) -> list[dict]:
     return [{"role": "assistant", "content": row["completion"]}]
 
 
-def _verified(rows: list[dict], config: Config, skipped: Counter) -> list[dict]:
-    """Passing, complete answers, at most `max_per_prompt` per prompt, in (id, sample_index) order."""
+def _verified(
+    rows: list[dict], config: Config, skipped: Counter, rank: dict[int, float] | None = None
+) -> list[dict]:
+    """Passing, complete answers, at most `max_per_prompt` per prompt: within a prompt the keep rule's
+    ``rank`` (lower first) decides which, then sample order (teachers in recipe order)."""
     kept, per_prompt = [], Counter()
-    for r in sorted(rows, key=lambda r: (str(r["id"]), r.get("sample_index") or 0)):
+
+    def key(r: dict) -> tuple:
+        return (str(r["id"]), rank.get(id(r), float("inf")) if rank else 0, r.get("sample_index") or 0)
+
+    for r in sorted(rows, key=key):
         if r.get("passed") is None:
             skipped["undecided"] += 1
         elif not r["passed"]:
             skipped["not_passed"] += 1
+        elif SPECIAL_TOKEN.search(r["completion"] or ""):
+            skipped["special_token"] += 1  # a teacher's chat markup would teach the student another template
         elif config.drop_truncated and r.get("finish_reason") == "length":
             skipped["truncated"] += 1
         elif config.max_per_prompt is not None and per_prompt[r["id"]] >= config.max_per_prompt:

@@ -77,7 +77,10 @@ class SourceConfig:
     )
     phrasing: str | None = field(
         default=None,
-        metadata={"help": "arithmetic: train or heldout wording (default: train for the train split)"},
+        metadata={
+            "help": "arithmetic: train, heldout or wide wording (default: train for the train split, else "
+            "heldout; wide is the second, wider held-out family)"
+        },
     )
     # user data column mapping
     prompt_column: str = field(default="prompt", metadata={"help": "user data: column with the prompt text"})

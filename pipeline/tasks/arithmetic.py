@@ -3,8 +3,10 @@
 Difficulty: `ops` operations per problem, `digits` digits per operand, operators from `+-*`.
 Splits are disjoint by construction: each candidate question is assigned to train / validation / test by a
 hash of its text (80/10/10), so a question never appears in two splits whatever `n` and `seed` are.
-The wording comes from prompts/tasks/arithmetic_{train,heldout}.jinja; validation and test use the held-out
-wording by default, so evaluation measures arithmetic, not memorized phrasing.
+The wording comes from prompts/tasks/arithmetic_{train,heldout,wide}.jinja; validation and test use the
+held-out wording by default, so evaluation measures arithmetic, not memorized phrasing. ``wide`` is a second,
+wider held-out family (other verbs and symbols, imperative and story forms, numbers in another order): a
+student that learned the training format instead of the skill falls behind there first.
 
     python -c "from pipeline.tasks.arithmetic import generate; print(generate(3, 'train')[0])"
 """
@@ -21,6 +23,8 @@ from pipeline.tasks.ids import prompt_id
 
 VERIFIER = "math"  # the checker this task names for its answers
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jamal", "Kim", "Leo"]
+PHRASINGS = ("train", "heldout", "wide")
+HELDOUT_FAMILIES = ("heldout", "wide")  # the test families every test score is reported on
 SPLIT_OF_BUCKET = {**{b: "train" for b in range(8)}, 8: "validation", 9: "test"}  # 80/10/10
 
 
@@ -63,8 +67,8 @@ def generate(
     if split not in ("train", "validation", "test"):
         raise UserError(f"arithmetic: split '{split}' must be train, validation or test")
     phrasing = phrasing or ("train" if split == "train" else "heldout")
-    if phrasing not in ("train", "heldout"):
-        raise UserError(f"arithmetic: phrasing '{phrasing}' must be train or heldout")
+    if phrasing not in PHRASINGS:
+        raise UserError(f"arithmetic: phrasing '{phrasing}' must be one of {', '.join(PHRASINGS)}")
     rng = random.Random(f"arithmetic:{seed}:{ops}:{digits}:{operators}")
     return _draw(n, rng, split, phrasing, digits, lambda: [rng.choice(operators) for _ in range(ops)])
 
@@ -168,4 +172,7 @@ def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) ->
 
 
 def template_names(phrasing: str | None = None) -> list[str]:
-    return [f"tasks/arithmetic_{p}.jinja" for p in ([phrasing] if phrasing else ["train", "heldout"])]
+    """The templates a source hashes into its fingerprint: train and heldout always (as before the wide
+    family existed, so old fingerprints hold), wide when the source draws it."""
+    names = ["train", "heldout"] + (["wide"] if phrasing == "wide" else [])
+    return [f"tasks/arithmetic_{p}.jinja" for p in names]
