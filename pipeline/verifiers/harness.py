@@ -552,14 +552,14 @@ def _stubs(source):
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return set()
-    empty = lambda n: (
-        isinstance(n, ast.Pass)
-        or (  # noqa: E731
+
+    def empty(n):
+        return isinstance(n, ast.Pass) or (
             isinstance(n, ast.Expr)
             and isinstance(n.value, ast.Constant)
             and type(n.value.value) in (str, type(...))
         )
-    )
+
     return {
         n.name
         for n in tree.body

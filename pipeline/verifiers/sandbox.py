@@ -283,7 +283,6 @@ class _Slot:
                     return frames
         return []
 
-
     def kill(self) -> None:
         """End the slot and everything in it (its PID namespace dies with its init)."""
         try:
