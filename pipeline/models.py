@@ -121,6 +121,37 @@ def weights_hash(folder: Path) -> str:
     return digest
 
 
+def tokenizer_fingerprint(folder: str | Path) -> str | None:
+    """sha256 of a local model's vocabulary (token -> id), so two models' token ids can be compared before
+    one is trained on the other's logprobs. None for a folder without a tokenizer (a hub id, a server)."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.name.startswith(("tokenizer", "vocab", "merges")))
+    stamp = json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    cache = folder / ".distill-tokenizer-sha256.json"
+    try:
+        saved = json.loads(cache.read_text())
+        if saved["stamp"] == stamp:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    from transformers import AutoTokenizer
+
+    digest = vocab_fingerprint(AutoTokenizer.from_pretrained(str(folder)))
+    try:
+        cache.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
+    except OSError:
+        pass  # read-only model folder: hash again next time
+    return digest
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """sha256 of a loaded tokenizer's vocabulary (token -> id pairs in id order)."""
+    vocab = tokenizer.get_vocab()
+    return hashlib.sha256(json.dumps(sorted(vocab.items(), key=lambda kv: kv[1])).encode()).hexdigest()
+
+
 def _embedded_gguf() -> Path:
     package, filename = _EMBEDDED_GGUF
     folder = _package_dir(package)  # the package's __init__ imports `llm`, so never import it

@@ -50,6 +50,7 @@ SCHEMAS = {
             ("completion", MESSAGES),
             ("topk_ids", pa.list_(pa.list_(pa.int32()))),
             ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+            ("topk_tokenizer", pa.string()),
             ("teacher", pa.string()),
         ]
     ),
@@ -202,6 +203,7 @@ class ExportStage(Stage):
                         "completion": _answer(r),
                         "topk_ids": r["topk_ids"],
                         "topk_logprobs": r["topk_logprobs"],
+                        "topk_tokenizer": r.get("topk_tokenizer"),
                         "teacher": r.get("teacher"),
                     }
                 )

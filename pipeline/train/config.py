@@ -110,10 +110,10 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
             raise UserError(
                 "training config has both `model` and `recipe`; keep one (`recipe` trains the recipe's student)"
             )
-        from pipeline.recipe import load_recipe
+        from pipeline.recipe import read_recipe
         from pipeline.student import student_model
 
-        model = student_model(load_recipe(recipe), run_dir)
+        model = student_model(read_recipe(recipe), run_dir)
     elif run_dir is not None:
         raise UserError("`run_dir` in a training config goes with `recipe`; add `recipe: <recipe.yaml>`")
     dataset = raw.pop("dataset", None)
@@ -144,9 +144,18 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
         # token equal to the pad id (often the end-of-turn token), so count them all.
         args_fields["include_num_input_tokens_seen"] = "all"
     if mode == "gkd" and args_fields.get("teacher_model_name_or_path"):
-        from pipeline.models import resolve
+        from pipeline.models import resolve, tokenizer_fingerprint
 
-        args_fields["teacher_model_name_or_path"] = resolve(args_fields["teacher_model_name_or_path"]).path
+        teacher = resolve(args_fields["teacher_model_name_or_path"]).path
+        theirs, mine = tokenizer_fingerprint(teacher), tokenizer_fingerprint(resolve(model).path)
+        if theirs and mine and theirs != mine:
+            # TRL's GKD compares the two models' logits position by position, one vocabulary.
+            raise UserError(
+                f"gkd: the teacher {args_fields['teacher_model_name_or_path']} has another tokenizer than the "
+                f"student {model}; GKD needs one vocabulary: use `distill train sft` on the teacher's verified "
+                "answers, or a teacher that shares the student's tokenizer"
+            )
+        args_fields["teacher_model_name_or_path"] = teacher
     try:
         args = cls(**args_fields)
     except (ValueError, TypeError) as e:

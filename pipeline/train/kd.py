@@ -190,6 +190,17 @@ class KDTrainer(SFTTrainer):
 def prepare_dataset(dataset, tokenizer, max_length: int | None):
     """Tokenize and align every row; drop (and count) rows whose top-k does not line up with the tokens."""
     vocab = len(tokenizer)
+    if "topk_tokenizer" in dataset.column_names:
+        from pipeline.models import vocab_fingerprint
+
+        theirs = {t for t in dataset["topk_tokenizer"] if t}
+        mine = vocab_fingerprint(tokenizer)
+        if theirs - {mine}:
+            raise UserError(
+                f"kd: the teacher's top-k ids index another vocabulary (tokenizer {sorted(theirs)[0][:12]}, the "
+                f"student's is {mine[:12]}); same-tokenizer logit KD cannot mix them: use `distill train sft` "
+                "(sequence-level KD), or a teacher that shares the student's tokenizer"
+            )
     tokenized = dataset.map(
         tokenize_row,
         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
