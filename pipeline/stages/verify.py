@@ -349,13 +349,22 @@ class VerifyStage(Stage):
 
     def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         part = ungroup(shard)
-        return _verify_shard(part, shard_steps(self.config, self._verifiers()), bool(self.config.verifiers))
+        verifiers = self._verifiers()
+        out = _verify_shard(part, shard_steps(self.config, verifiers), bool(self.config.verifiers))
+        for v in verifiers:  # which sandbox judged the code: it depends on the machine, not the config
+            if hasattr(v, "sandbox"):
+                out.stats.setdefault("code_sandbox", {})[v.sandbox.backend] = 1
+        return out
 
     def summarize(self, shard_stats: list[dict]) -> dict:
-        return {
+        fields = {
             "rows_in": sum(s.get("rows", 0) for s in shard_stats),
             "prompts_in": sum(s.get("prompts", 0) for s in shard_stats),
         }
+        backends = sorted({b for s in shard_stats for b in s.get("code_sandbox", {})})
+        if backends:
+            fields["code_sandbox"] = {"backend": backends[0] if len(backends) == 1 else backends}
+        return fields
 
     def close(self) -> None:
         for engine in self.__dict__.get("_owned", {}).values():
