@@ -157,8 +157,7 @@ def executor_from_args(args, base=None):
 
 
 def cmd_run(args) -> int:
-    from pipeline.recipe import load_recipe
-    from pipeline.runner import run_recipe
+    from pipeline.runner import load_recipe, run_recipe
 
     executor = executor_from_args(args, load_recipe(args.recipe).executor)
     result = run_recipe(args.recipe, run_dir=args.run_dir, overwrite=args.overwrite, executor=executor)
@@ -240,7 +239,7 @@ def _context_from_args(args, stage: str):
 
 
 def make_stage_command(sub, stage: str):
-    from pipeline.recipe import stage_module
+    from pipeline.runner import stage_module
 
     try:
         module = stage_module(stage)
@@ -409,11 +408,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pipeline.train.evaluate import evaluate
+    from pipeline.evaluate import evaluate
 
     model = args.model
     if args.recipe:
-        from pipeline.recipe import load_recipe
+        from pipeline.runner import load_recipe
         from pipeline.student import student_model
 
         if model:

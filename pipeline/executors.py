@@ -26,57 +26,10 @@ final join takes a lock, so array tasks that finish at the same moment write the
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from pipeline.errors import UserError
-
-
-@dataclass
-class ExecutorConfig:
-    """How a stage's shards are run; the same options on the command line and in a recipe's `executor:`."""
-
-    kind: Literal["local", "ray", "slurm"] = field(
-        default="local",
-        metadata={"help": "local (this process), ray (a Ray cluster) or slurm (an array job)"},
-    )
-    address: str | None = field(
-        default=None, metadata={"help": "ray: cluster to join (e.g. ray://head:10001); default: start one"}
-    )
-    workers: int | None = field(
-        default=None,
-        metadata={
-            "help": "ray: engine-holding actors (default: as many as the cluster's GPUs or CPUs allow)"
-        },
-    )
-    cpus_per_worker: float = field(default=1.0, metadata={"help": "ray/slurm: CPUs per worker"})
-    max_retries: int = field(
-        default=3, metadata={"help": "ray: times a shard whose worker died is run again on a fresh one"}
-    )
-    partition: str | None = field(default=None, metadata={"help": "slurm: partition"})
-    account: str | None = field(default=None, metadata={"help": "slurm: account charged"})
-    time_min: int = field(default=240, metadata={"help": "slurm: time limit per array task, minutes"})
-    gpus_per_task: int | None = field(
-        default=None, metadata={"help": "slurm: GPUs per array task (default: what one model copy needs)"}
-    )
-    mem_gb: float | None = field(default=None, metadata={"help": "slurm: memory per array task"})
-    array_parallelism: int = field(default=256, metadata={"help": "slurm: most array tasks at once"})
-    wait: bool = field(
-        default=True, metadata={"help": "slurm: wait for the array, then merge (false: print the job id)"}
-    )
-    cluster: Literal["slurm", "local"] = field(
-        default="slurm",
-        metadata={"help": "slurm: submitit backend; `local` runs the array as local processes"},
-    )
-
-    def validate(self, path: str) -> None:
-        if self.max_retries < 0:
-            raise UserError(f"{path}.max_retries must be 0 or more")
-        if self.workers is not None and self.workers < 1:
-            raise UserError(f"{path}.workers must be at least 1")
-        if self.time_min < 1:
-            raise UserError(f"{path}.time_min must be at least 1 minute")
+from pipeline.recipe import ExecutorConfig
 
 
 def build_executor(config: ExecutorConfig | None):
@@ -101,9 +54,8 @@ def run_one_shard(stage_dir: str, index: int, finalize: bool = False) -> None:
     task of a Slurm array submitted without waiting finishes the stage itself.
     """
     from pipeline import store
-    from pipeline.runner import _open_stage
 
-    st, progress = _open_stage(Path(stage_dir))
+    st, progress = store.open_stage(Path(stage_dir))
     stage = st.load_stage()
     try:
         if not st.shard_done(index):
@@ -195,9 +147,9 @@ class ShardWorker:
     goes when the executor kills the actor at the end)."""
 
     def __init__(self, stage_dir: str) -> None:
-        from pipeline.runner import _open_stage
+        from pipeline import store
 
-        self.store, progress = _open_stage(Path(stage_dir))
+        self.store, progress = store.open_stage(Path(stage_dir))
         self.num_shards = progress["num_shards"]
         self.stage = self.store.load_stage()
         self.rows = self.store.load_input()

@@ -38,12 +38,11 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.config import from_dict
 from pipeline.errors import UserError
-from pipeline.recipe import LoopConfig, ModelConfig, Recipe, load_recipe
+from pipeline.recipe import LoopConfig, ModelConfig, Recipe
+from pipeline.runner import load_recipe, run_context, run_recipe, stage_dirs, stage_module
 
 
 def _stage_config(recipe: Recipe, name: str):
-    from pipeline.recipe import stage_module
-
     for entry in recipe.stages:
         if entry.name == name:
             return entry.config
@@ -199,7 +198,7 @@ def _lora_rank(train_config: str) -> int:
     """The LoRA rank the loop's training config asks for (vLLM's max_lora_rank must hold it)."""
     import yaml
 
-    from pipeline.train.evaluate import vllm_lora_rank
+    from pipeline.adapters import vllm_lora_rank
 
     rank = int(((yaml.safe_load(Path(train_config).read_text()) or {}).get("peft") or {}).get("r") or 16)
     return vllm_lora_rank(rank)
@@ -214,8 +213,8 @@ def _evaluate_teacher(recipe: Recipe, val_dir: Path, out: Path, loop: LoopConfig
     """The teacher's greedy validation accuracy, measured once: the bar the student must clear to generate."""
     if out.exists():
         return json.loads(out.read_text())["pass@1"]
+    from pipeline.evaluate import evaluate
     from pipeline.stages import input_table
-    from pipeline.train.evaluate import evaluate
 
     rows = input_table(val_dir).to_pylist()
     result = evaluate(
@@ -236,7 +235,6 @@ def run_loop(
     recipe_path: str | Path, run_dir: str | Path | None = None, overrides: dict | None = None, log=None
 ) -> dict:
     """Run the recipe, then the loop with the recipe's `loop:` settings (`overrides` win)."""
-    from pipeline.runner import run_recipe, stage_dirs
     from pipeline.stages import export, generate, mine, prompts, regenerate, verify
     from pipeline.train import run_training
 
@@ -264,7 +262,7 @@ def run_loop(
     dirs = {name: d for name, d, _ in stage_dirs(recipe, run_dir)}
     if "export" not in dirs:
         raise UserError("loop: the recipe needs an export stage (its sft/ data is what round 0 trains on)")
-    context = recipe.context(run_dir)
+    context = run_context(recipe, run_dir)
     student_model = context.student.model  # the pruned copy when the recipe prunes the student
     loop_dir = run_dir / "loop"
     val_dir = loop_dir / "validation"

@@ -14,12 +14,16 @@ the student:
 
 Stage settings are each stage module's own `Config` dataclass (pipeline/stages/<stage>.py), so a stage's
 options are declared once, next to the code that uses them, with their help text.
+
+This module is plain config: it imports nothing above it. Knowing the stage modules is the runner's job, so
+the full load, with every stage's settings checked against its `Config`, is `pipeline.runner.load_recipe`;
+`read_recipe` here takes the stage lookup as an argument. Running a recipe (pruning the student into a
+`RunContext`, opening stages) lives in pipeline/runner.py too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,7 +32,7 @@ from pipeline.config import from_dict, load_yaml
 from pipeline.errors import UserError
 from pipeline.tasks import SourceConfig
 
-# Stage name in recipes and on the command line -> module in pipeline/stages/.
+# Stage name in recipes and on the command line -> module in pipeline/stages/ (the runner imports it).
 STAGE_MODULES = {
     "prompts": "prompts",
     "generate": "generate",
@@ -155,7 +159,7 @@ class ModelConfig:
         }[self.engine]
         options = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.adapter and self.engine == "vllm":
-            from pipeline.train.evaluate import adapter_rank
+            from pipeline.adapters import adapter_rank
 
             options.update(enable_lora=True, max_lora_rank=adapter_rank(self.adapter))
         elif self.adapter and self.engine == "hf":
@@ -317,6 +321,52 @@ class LoopConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """How a stage's shards are run; the same options on the command line and in a recipe's `executor:`."""
+
+    kind: Literal["local", "ray", "slurm"] = field(
+        default="local",
+        metadata={"help": "local (this process), ray (a Ray cluster) or slurm (an array job)"},
+    )
+    address: str | None = field(
+        default=None, metadata={"help": "ray: cluster to join (e.g. ray://head:10001); default: start one"}
+    )
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "ray: engine-holding actors (default: as many as the cluster's GPUs or CPUs allow)"
+        },
+    )
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "ray/slurm: CPUs per worker"})
+    max_retries: int = field(
+        default=3, metadata={"help": "ray: times a shard whose worker died is run again on a fresh one"}
+    )
+    partition: str | None = field(default=None, metadata={"help": "slurm: partition"})
+    account: str | None = field(default=None, metadata={"help": "slurm: account charged"})
+    time_min: int = field(default=240, metadata={"help": "slurm: time limit per array task, minutes"})
+    gpus_per_task: int | None = field(
+        default=None, metadata={"help": "slurm: GPUs per array task (default: what one model copy needs)"}
+    )
+    mem_gb: float | None = field(default=None, metadata={"help": "slurm: memory per array task"})
+    array_parallelism: int = field(default=256, metadata={"help": "slurm: most array tasks at once"})
+    wait: bool = field(
+        default=True, metadata={"help": "slurm: wait for the array, then merge (false: print the job id)"}
+    )
+    cluster: Literal["slurm", "local"] = field(
+        default="slurm",
+        metadata={"help": "slurm: submitit backend; `local` runs the array as local processes"},
+    )
+
+    def validate(self, path: str) -> None:
+        if self.max_retries < 0:
+            raise UserError(f"{path}.max_retries must be 0 or more")
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"{path}.workers must be at least 1")
+        if self.time_min < 1:
+            raise UserError(f"{path}.time_min must be at least 1 minute")
+
+
+@dataclass
 class RunContext:
     """What stages may need besides their own config: the models of the run, and where it lives."""
 
@@ -333,7 +383,7 @@ class RunContext:
 @dataclass
 class StageEntry:
     name: str
-    config: object  # the stage module's Config dataclass
+    config: object  # the stage module's Config dataclass (a plain mapping when read without stage_config)
 
 
 @dataclass
@@ -345,41 +395,18 @@ class Recipe:
     student: StudentConfig | None = None
     critic: ModelConfig | None = None
     loop: LoopConfig | None = None
-    executor: object | None = None  # pipeline.executors.ExecutorConfig: where shards run
+    executor: ExecutorConfig | None = None  # where shards run (pipeline/executors.py)
     path: Path | None = None
-
-    def context(self, run_dir: Path) -> RunContext:
-        """What stages see. A pruned student (`prune_layers`) is pruned here, once (cached in
-        <run_dir>/student-pruned), and stands in for the student model; `original_student` keeps the
-        unpruned one (self-distill rewrites with it)."""
-        student, original = self.student, None
-        if student is not None and student.prune_layers:
-            from pipeline.student import student_model
-
-            original = student.model
-            student = dataclasses.replace(
-                student, model=student_model(self, run_dir), prune_layers=0, prune_start=None
-            )
-        return RunContext(self.teachers, student, self.critic, self.source, run_dir, original)
-
-
-def stage_module(name: str):
-    if name not in STAGE_MODULES:
-        raise UserError(f"unknown stage '{name}'; expected one of: {', '.join(STAGE_MODULES)}")
-    try:
-        return importlib.import_module(f"pipeline.stages.{STAGE_MODULES[name]}")
-    except ModuleNotFoundError as e:
-        if e.name == f"pipeline.stages.{STAGE_MODULES[name]}":
-            raise UserError(
-                f"stage '{name}' is not available in this version of the pipeline; remove it"
-            ) from None
-        raise
 
 
 TOP_KEYS = ("run", "teacher", "student", "critic", "source", "stages", "loop", "executor")
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def read_recipe(path: str | Path, stage_config: Callable[[str], type] | None = None) -> Recipe:
+    """Read and validate a recipe. `stage_config(name)` gives a stage's `Config` dataclass, which checks that
+    stage's settings (`pipeline.runner.load_recipe` passes it). Without it, stage names are still checked but
+    each stage's settings stay a plain mapping: enough for what needs only the run, source and student
+    (training, pruning)."""
     data = load_yaml(path)
     where = "recipe"
     for key in data:
@@ -408,8 +435,6 @@ def load_recipe(path: str | Path) -> Recipe:
     loop = from_dict(LoopConfig, data["loop"], f"{where}.loop") if data.get("loop") else None
     executor = None
     if data.get("executor"):
-        from pipeline.executors import ExecutorConfig
-
         executor = from_dict(ExecutorConfig, data["executor"], f"{where}.executor")
     stages_raw = data["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -421,8 +446,15 @@ def load_recipe(path: str | Path) -> Recipe:
         if not isinstance(entry, dict) or len(entry) != 1:
             raise UserError(f"{where}.stages[{i}] must be one mapping like {{generate: {{...}}}}")
         ((name, settings),) = entry.items()
-        module = stage_module(name)
-        stages.append(StageEntry(name, from_dict(module.Config, settings, f"{where}.stages[{i}].{name}")))
+        if name not in STAGE_MODULES:
+            raise UserError(f"unknown stage '{name}'; expected one of: {', '.join(STAGE_MODULES)}")
+        at = f"{where}.stages[{i}].{name}"
+        if stage_config is not None:
+            stages.append(StageEntry(name, from_dict(stage_config(name), settings, at)))
+        elif settings is None or isinstance(settings, dict):
+            stages.append(StageEntry(name, dict(settings or {})))
+        else:
+            raise UserError(f"{at} must be a mapping of settings, not {type(settings).__name__}")
     return Recipe(
         loop=loop,
         executor=executor,

@@ -1,19 +1,61 @@
 """Run a recipe: chain stage folders `runs/<run>/<NN>-<stage>/`, skipping stages that are complete.
 
 The runner only chains directories: each stage reads the previous stage's folder from disk, never its
-in-memory state, so any stage can be rerun, resumed or run elsewhere on its own.
+in-memory state, so any stage can be rerun, resumed or run elsewhere on its own. It is also the one place
+that knows the stage modules: `stage_module(name)`, `load_recipe(path)` (a recipe with every stage's settings
+checked against that stage's `Config`) and `run_context(recipe, run_dir)` (what stages see).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import importlib
 import sys
 import time
 from pathlib import Path
 
 from pipeline import store
 from pipeline.errors import UserError
-from pipeline.recipe import Recipe, RunContext, load_recipe, stage_module
+from pipeline.recipe import STAGE_MODULES, Recipe, RunContext, read_recipe
+
+
+def stage_module(name: str):
+    """The module of a stage named in a recipe or on the command line (pipeline/stages/<module>.py)."""
+    if name not in STAGE_MODULES:
+        raise UserError(f"unknown stage '{name}'; expected one of: {', '.join(STAGE_MODULES)}")
+    try:
+        return importlib.import_module(f"pipeline.stages.{STAGE_MODULES[name]}")
+    except ModuleNotFoundError as e:
+        if e.name == f"pipeline.stages.{STAGE_MODULES[name]}":
+            raise UserError(
+                f"stage '{name}' is not available in this version of the pipeline; remove it"
+            ) from None
+        raise
+
+
+def stage_config(name: str) -> type:
+    """A stage's `Config` dataclass: its settings in a recipe, with their help text."""
+    return stage_module(name).Config
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe and check every stage's settings against that stage's `Config` (unknown keys, types)."""
+    return read_recipe(path, stage_config)
+
+
+def run_context(recipe: Recipe, run_dir: Path) -> RunContext:
+    """What stages see. A pruned student (`prune_layers`) is pruned here, once (cached in
+    <run_dir>/student-pruned), and stands in for the student model; `original_student` keeps the
+    unpruned one (self-distill rewrites with it)."""
+    student, original = recipe.student, None
+    if student is not None and student.prune_layers:
+        from pipeline.student import student_model
+
+        original = student.model
+        student = dataclasses.replace(
+            student, model=student_model(recipe, run_dir), prune_layers=0, prune_start=None
+        )
+    return RunContext(recipe.teachers, student, recipe.critic, recipe.source, run_dir, original)
 
 
 def stage_dirs(recipe: Recipe, run_dir: Path) -> list[tuple[str, Path, object]]:
@@ -31,7 +73,7 @@ def run_recipe(
     recipe = load_recipe(path)
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.run
     run_dir.mkdir(parents=True, exist_ok=True)
-    context = recipe.context(run_dir)  # prunes the student here, once, when the recipe asks for it
+    context = run_context(recipe, run_dir)  # prunes the student here, once, when the recipe asks for it
     if context.original_student:
         log(f"[distill] student: {context.student.model} (pruned from {context.original_student})")
     previous: Path | None = None
@@ -67,20 +109,6 @@ def status(run_dir: str | Path) -> list[dict]:
     return [store.stage_status(p) for p in folders]
 
 
-def _open_stage(stage_dir: Path) -> tuple[store.StageStore, dict]:
-    progress_path = stage_dir / "shards" / "progress.json"
-    if not progress_path.exists():
-        raise UserError(f"{stage_dir} has no shards to merge; run the stage first")
-    progress = json.loads(progress_path.read_text())
-    st = store.StageStore(
-        stage_dir,
-        progress["stage"],
-        progress["fingerprint_parts"].get("version", "?"),
-        progress["fingerprint_parts"],
-    )
-    return st, progress
-
-
 def merge(stage_dir: str | Path, keep_failed: bool = False) -> dict:
     """Join the shards of a stage whose shards ran separately (e.g. a Slurm array) and write its manifest:
     the same manifest a one-process run writes (the stage's own fields come from its saved `summarize`).
@@ -90,7 +118,7 @@ def merge(stage_dir: str | Path, keep_failed: bool = False) -> dict:
     if manifest is not None:
         return manifest
     try:
-        st, progress = _open_stage(stage_dir)
+        st, progress = store.open_stage(stage_dir)
     except UserError:
         manifest = store.read_manifest(stage_dir)  # the last array task merged it a moment ago
         if manifest is not None:
@@ -119,7 +147,7 @@ def retry(stage_dir: str | Path, executor=None) -> dict | None:
     manifest = store.read_manifest(stage_dir)
     if manifest is not None:
         return manifest
-    st, progress = _open_stage(stage_dir)
+    st, progress = store.open_stage(stage_dir)
     stage = st.load_stage()
     if stage is None or not (st.shards_dir / "input.arrow").exists():
         raise UserError(

@@ -33,7 +33,6 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -422,8 +421,8 @@ class StageStore:
         """Join all shards into data/ and rejected/, then write the manifest (last, atomically).
 
         Runs under a lock and at most once: tasks of an array that finish together all call it. The
-        manifest's stage-specific fields come from `stage.summarize(per-shard stats)` (a stage object) or
-        are a dict (`manifest_extra` of a function stage, kept in progress.json). `keep_failed` finishes a
+        manifest's stage-specific fields come from `stage.summarize(per-shard stats)` (a stage object; a
+        plain work function adds none). `keep_failed` finishes a
         stage whose rows still owe a retry, rejecting them with their transient reason.
         """
         with file_lock(self.out_dir / ".lock"):
@@ -497,12 +496,25 @@ class StageStore:
         }
         if stage is not None and hasattr(stage, "summarize"):
             manifest.update(stage.summarize(per_shard))
-        elif isinstance(stage, dict):
-            manifest.update(stage)
-        manifest.update(progress.get("manifest_extra", {}))
         write_json_atomic(self.manifest_path, manifest)
         shutil.rmtree(self.shards_dir, ignore_errors=True)
         return manifest
+
+
+def open_stage(stage_dir: Path) -> tuple[StageStore, dict]:
+    """The store of a stage whose shards are in flight, and its progress record (shard count, identity):
+    what a worker elsewhere, `distill merge` and `distill retry` pick a stage up from."""
+    progress_path = Path(stage_dir) / "shards" / "progress.json"
+    if not progress_path.exists():
+        raise UserError(f"{stage_dir} has no shards to merge; run the stage first")
+    progress = json.loads(progress_path.read_text())
+    st = StageStore(
+        stage_dir,
+        progress["stage"],
+        progress["fingerprint_parts"].get("version", "?"),
+        progress["fingerprint_parts"],
+    )
+    return st, progress
 
 
 def differing_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -542,16 +554,14 @@ def run_sharded(
     *,
     num_shards: int,
     shard_index: int | None = None,
-    manifest_extra: dict | None = None,
-    on_shard_done: Callable[[int, ShardOutput], None] | None = None,
     executor=None,
 ) -> dict | None:
     """Run the shards that are not done yet, then join them and write the manifest.
 
     `work` is a stage object (`work(shard, index)`, `summarize(shard_stats)`; what executors ship) or a plain
-    function `work(shard, index) -> ShardOutput` (runs in this process only; `manifest_extra` then gives
-    its extra manifest fields). `executor` (pipeline/executors.py) decides where shards run; the default
-    runs them here, one after another. With `shard_index`, only that shard runs and the manifest is written
+    function `work(shard, index) -> ShardOutput` (runs in this process only; it adds no manifest
+    fields). `executor` (pipeline/executors.py) decides where shards run; the default runs them here, one
+    after another. With `shard_index`, only that shard runs and the manifest is written
     only if every shard is now done (`distill merge` joins the shards of a run whose last shard ran
     elsewhere). Returns the manifest, or None when shards remain. Raises RetryPending when every shard ran
     but some rows failed for a transient reason (a rerun retries just those rows).
@@ -563,18 +573,12 @@ def run_sharded(
         raise UserError(f"--shard-index {shard_index} is out of range; use 0..{num_shards - 1}")
     is_stage = hasattr(work, "work")
     store.begin(num_shards, rows.num_rows, work if is_stage else None, rows if is_stage else None)
-    if manifest_extra:
-        progress = store._read_progress()
-        if progress.get("manifest_extra") != manifest_extra:
-            write_json_atomic(store._progress_path(), {**progress, "manifest_extra": manifest_extra})
     todo = [shard_index] if shard_index is not None else list(range(num_shards))
     todo = [i for i in todo if not store.shard_done(i)]
     if todo:
         if executor is None or getattr(executor, "name", "local") == "local":
             for i in todo:
-                out = store.run_shard(work, rows, num_shards, i)
-                if on_shard_done:
-                    on_shard_done(i, out)
+                store.run_shard(work, rows, num_shards, i)
         else:
             if not is_stage:
                 raise UserError(

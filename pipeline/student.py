@@ -113,6 +113,6 @@ def _user_text(row: dict) -> str:
 
 
 if __name__ == "__main__":
-    from pipeline.recipe import load_recipe
+    from pipeline.recipe import read_recipe
 
-    print(student_model(load_recipe(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))
+    print(student_model(read_recipe(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))

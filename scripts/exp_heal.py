@@ -143,8 +143,7 @@ def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tupl
     """(a) the verified teacher answers and (b) their self-distilled rewrite, as sft export folders.
 
     With `base_run` (a finished quickstart run) its verified data is (a) and only the rewrite is computed here."""
-    from pipeline.recipe import load_recipe
-    from pipeline.runner import run_recipe
+    from pipeline.runner import load_recipe, run_context, run_recipe
     from pipeline.stages import export, self_distill
 
     data_dir = out / "data"
@@ -162,7 +161,7 @@ def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tupl
                     file=sys.stderr,
                 )
                 raise SystemExit(2)
-    context = load_recipe(recipe_path).context(data_dir)
+    context = run_context(load_recipe(recipe_path), data_dir)
     manifest = self_distill.run(
         self_distill.Config(engine=engine, max_tokens=s["max_tokens"] + 32),
         verified,
@@ -214,7 +213,7 @@ def _tag(seed: int) -> str:
 
 def loop_is_wired() -> bool:
     """Does `distill loop` train the recipe's pruned student? It does when pipeline/loop.py trains the model
-    of `recipe.context(run_dir)` (or calls `pipeline.student.student_model`), not `recipe.student.model`."""
+    of `run_context(recipe, run_dir)` (or calls `pipeline.student.student_model`), not `recipe.student.model`."""
     import inspect
 
     import pipeline.loop
@@ -266,7 +265,7 @@ def pgkd(out: Path, s: dict, layers: int, pruned: str, base_run: Path | None) ->
 
 
 def evaluate(out: Path, name: str, model: str, adapter: Path | None, task: str, s: dict, engine: str) -> dict:
-    from pipeline.train.evaluate import evaluate as run_eval
+    from pipeline.evaluate import evaluate as run_eval
 
     path = out / "eval" / f"{name}--{task}.json"
     if path.exists():
@@ -410,7 +409,7 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
 
-    from pipeline.recipe import load_recipe
+    from pipeline.runner import load_recipe
     from pipeline.student import student_model
 
     sft_data, self_data = teacher_data(out, s, base_run, engine)

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.engines import GenResult, Sample
 from pipeline.errors import UserError
-from pipeline.train.evaluate import evaluate, last_number_check, pass_at_k
+from pipeline.evaluate import evaluate, last_number_check, pass_at_k
 
 ROWS = [
     {"id": "p1", "messages": [{"role": "user", "content": "What is 3 + 5?"}], "reference": "8"},
@@ -54,8 +54,8 @@ def test_last_number_fallback():
 
 
 def test_check_uses_the_verifier_each_task_names():
+    from pipeline.evaluate import check
     from pipeline.tasks import load_task
-    from pipeline.train.evaluate import check
 
     capitals = load_task("capitals", "test", n=2)
     answers = [f"The capital is {capitals[0]['reference']}.", "I think it is Atlantis."]
@@ -85,6 +85,17 @@ def test_pass_at_1_and_pass_at_k_bookkeeping():
     assert greedy["temperature"] == 0.0
 
 
+def _agrees_with_the_math_verifier(result: dict) -> None:
+    """pass@1 (greedy, one sample) is exactly the share of answers the math verifier, run here on its own,
+    accepts: every row's verdict and the score follow from the model's real answers, not from a range."""
+    from pipeline.verifiers import build_verifier
+
+    rows = result["rows"]
+    assert [r["passed"] for r in rows] == [v.passed for v in build_verifier("math").check(rows)]
+    assert result["pass@1"] == round(sum(r["passed"] is True for r in rows) / len(rows), 4)
+    assert result["undecided"] == sum(r["passed"] is None for r in rows)
+
+
 def test_bad_requests_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="temperature"):
         evaluate("scripted", rows=ROWS, n=2, temperature=0.0, engine_obj=ScriptedEngine({}))
@@ -95,11 +106,13 @@ def test_bad_requests_are_user_errors(tmp_path):
 @pytest.mark.slow
 def test_real_model_on_hf(model_path):
     result = evaluate(model_path, rows=ROWS, engine="hf", max_tokens=16)
+    again = evaluate(model_path, rows=ROWS, engine="hf", max_tokens=16)
     assert result["engine"] == "hf" and result["errors"] == 0
     assert result["completion_tokens"] > 0
     assert [r["id"] for r in result["rows"]] == ["p1", "p2", "p3"]
     assert result["rows"][2]["passed"] is not True  # the reference is impossible
-    assert 0.0 <= result["pass@1"] <= 2 / 3
+    assert [r["completion"] for r in result["rows"]] == [r["completion"] for r in again["rows"]], "greedy"
+    _agrees_with_the_math_verifier(result)
 
 
 @pytest.mark.slow
@@ -113,4 +126,5 @@ def test_task_split_through_the_session_vllm_engine(vllm_engine):
         max_tokens=48,
     )
     assert result["problems"] == 8 and result["engine"] == "vllm" and result["errors"] == 0
-    assert 0.0 <= result["pass@1"] <= 1.0
+    assert all(r["completion"] for r in result["rows"]), "every problem got a real answer"
+    _agrees_with_the_math_verifier(result)

@@ -85,7 +85,8 @@ def _worker_pids() -> list[int]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray")
+    import ray  # a dependency of the package (pyproject.toml): missing, the test fails rather than skips
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -124,7 +125,6 @@ def test_ray_executor_rows_equal_local_and_survive_a_killed_worker(prompts, tmp_
 
 
 def test_submitit_local_array_then_merge_equals_one_process_run(prompts, tmp_path, local_run):
-    pytest.importorskip("submitit")
     local_manifest, local_rows = local_run
     out = tmp_path / "gen"
     executor = SlurmExecutor(ExecutorConfig(kind="slurm", cluster="local", time_min=10, wait=False))
@@ -171,7 +171,6 @@ def test_executor_misuse_exits_2_and_names_the_fix(tmp_path, args, expect):
 
 def test_submitit_array_waits_then_merges_prompts_stage(tmp_path):
     """`wait` (the default): run() returns the joined stage, equal to a one-process run's."""
-    pytest.importorskip("submitit")
     from pipeline.stages import prompts
     from pipeline.tasks import SourceConfig
 
@@ -203,8 +202,7 @@ stages:
 def test_distill_run_ships_every_stage_to_ray_and_matches_a_local_run(tmp_path, ray_cluster):
     """`distill run --executor ray`: every stage of a recipe (prompts, generate, verify, self-distill,
     export) runs its shards on Ray actors, and each stage's rows and manifest equal a local run's."""
-    from pipeline.recipe import load_recipe
-    from pipeline.runner import run_recipe, stage_dirs
+    from pipeline.runner import load_recipe, run_recipe, stage_dirs
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.recipe import load_recipe
+from pipeline.runner import load_recipe, run_context
 from pipeline.student import PRUNED_DIR, student_model
 
 
@@ -37,7 +37,7 @@ def test_recipe_with_prune_layers_trains_a_student_with_fewer_layers(embedded, t
     run_dir = tmp_path / "run"
     recipe_path = _recipe(tmp_path, "heal", prune_layers=2)
     recipe = load_recipe(recipe_path)
-    context = recipe.context(run_dir)
+    context = run_context(recipe, run_dir)
     folder = run_dir / PRUNED_DIR
     assert context.student.model == str(folder) and context.original_student == embedded.spec
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -52,7 +52,7 @@ def test_recipe_with_prune_layers_trains_a_student_with_fewer_layers(embedded, t
     moved = load_recipe(_recipe(tmp_path, "moved", prune_layers=2, prune_start=3))
     assert student_model(moved, run_dir) == str(folder)
     assert json.loads((folder / "manifest.json").read_text())["dropped"] == [3, 4]
-    context = recipe.context(run_dir)  # back to the block chosen by kl
+    context = run_context(recipe, run_dir)  # back to the block chosen by kl
     assert json.loads((folder / "manifest.json").read_text())["dropped"] == manifest["dropped"]
     assert manifest["prune_by"] == "kl" and manifest["score"] is not None
 

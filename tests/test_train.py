@@ -15,8 +15,8 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from pipeline.errors import UserError
+from pipeline.evaluate import evaluate
 from pipeline.train import load_job, run_training, train
-from pipeline.train.evaluate import evaluate
 
 pytestmark = pytest.mark.slow
 

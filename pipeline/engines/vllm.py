@@ -181,7 +181,7 @@ class VLLMEngine:
 
         from vllm import LLM
 
-        from pipeline.train import merge_adapter
+        from pipeline.adapters import merge_adapter
 
         self._shutdown()
         old, self._merged_dir = self._merged_dir, None

@@ -116,7 +116,7 @@ class MineStage(Stage):
         self._engine = engine
 
     def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
-        from pipeline.train.evaluate import evaluate
+        from pipeline.evaluate import evaluate
 
         prompt_rows = shard.to_pylist()
         result = evaluate(

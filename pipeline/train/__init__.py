@@ -12,7 +12,7 @@ Output, under the config's ``output_dir``::
     merged/          the adapter merged into a full model, when ``merge: true``
     manifest.json    config, model identity, dataset fingerprint, final loss, tokens/s, wall time
 
-    python -m pipeline.train sft scripts/configs/sft.yaml
+    distill train sft scripts/configs/sft.yaml --max-steps 10     # or: python -m pipeline.cli train ...
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.adapters import merge_adapter
 from pipeline.errors import UserError
 from pipeline.train.config import MODES, TrainJob, dataset_fingerprint, load_job
 
@@ -140,18 +141,6 @@ def train(job: TrainJob):
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     os.replace(tmp, out / "manifest.json")
     return manifest, trainer
-
-
-def merge_adapter(base: str, adapter_dir: Path, merged_dir: Path) -> Path:
-    """Merge a saved adapter into a fresh copy of the base model (the trained model in memory is untouched)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
-    PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().save_pretrained(merged_dir)
-    tok_src = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
-    AutoTokenizer.from_pretrained(str(tok_src)).save_pretrained(merged_dir)
-    return merged_dir
 
 
 def _final_loss(trainer, result) -> float:

@@ -2,8 +2,10 @@
 
 Generation is batched through an engine: ``hf`` (transformers ``generate``; a LoRA adapter is applied with
 PEFT) or ``vllm`` (on a CPU an adapter is first merged into a full model in a temporary folder, which vLLM
-then loads; on a GPU vLLM applies it per request with its LoRA kernels). Accuracy is pass@1 (the mean fraction of correct samples per problem) and, when ``n > 1``, the
-unbiased pass@k estimate of Chen et al. (2021) for k = n.
+then loads; on a GPU vLLM applies it per request with its LoRA kernels). Accuracy is pass@1 (the mean
+fraction of correct samples per problem) and, when ``n > 1``, the unbiased pass@k estimate of Chen et al.
+(2021) for k = n. This module sits one floor below the stages: the mine stage, the loop and ``distill eval``
+use it without importing training code.
 
     distill eval smollm2-135m-instruct --task arithmetic --split test --limit 64
     distill eval smollm2-135m-instruct --adapter runs/quickstart/train-sft/adapter --task arithmetic
@@ -11,12 +13,12 @@ unbiased pass@k estimate of Chen et al. (2021) for k = n.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from pathlib import Path
 
+from pipeline.adapters import adapter_rank
 from pipeline.engines import GenRequest
 from pipeline.errors import UserError
 
@@ -65,16 +67,6 @@ def check(task: str, rows: list[dict], verifier: str | None = None) -> list[bool
         for i, v in zip(idx, verdicts, strict=True):
             out[i] = v.passed
     return out
-
-
-def vllm_lora_rank(rank: int) -> int:
-    """The smallest max_lora_rank vLLM accepts that holds a LoRA of this rank."""
-    return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
-
-
-def adapter_rank(adapter: str) -> int:
-    """The max_lora_rank a vLLM engine needs for an adapter folder."""
-    return vllm_lora_rank(int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r") or 8))
 
 
 def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
@@ -199,6 +191,7 @@ def evaluate(
             "sample_index": s["sample_index"],
             "reference": s.get("reference"),
             "completion": s["completion"],
+            "finish_reason": s["finish_reason"],
             "passed": p,
         }
         for s, p in zip(samples, passed, strict=True)
