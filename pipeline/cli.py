@@ -372,7 +372,7 @@ def cmd_card(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from pipeline.cards import publish
+    from pipeline.publish import publish
 
     folder = publish(
         args.run_dir,

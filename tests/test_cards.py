@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import cards, store, templates
+from pipeline import cards, publish, store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
 from pipeline.stages import export, generate, input_ref, prompts, verify
@@ -151,7 +151,7 @@ def test_card_round_trips_and_validates(run_dir):
 def test_dry_run_folder_loads_one_config_per_export(run_dir):
     from datasets import load_dataset, load_from_disk
 
-    folder = cards.publish(run_dir, "my-org/demo", dry_run=True)
+    folder = publish.publish(run_dir, "my-org/demo", dry_run=True)
     assert folder == run_dir / "publish"
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert files == [
@@ -178,7 +178,7 @@ def test_dry_run_folder_loads_one_config_per_export(run_dir):
 def test_rejected_rows_only_when_asked(run_dir, tmp_path):
     from datasets import load_dataset
 
-    folder = cards.build_folder(run_dir, tmp_path / "pub", repo_id="my-org/demo", include_rejected=True)
+    folder = publish.build_folder(run_dir, tmp_path / "pub", repo_id="my-org/demo", include_rejected=True)
     rejected = load_dataset(str(folder), "rejected_verify", split="train")
     counts = store.read_manifest(run_dir / "02-verify")["rejected_by_reason"]
     assert len(rejected) == sum(counts.values())
@@ -189,7 +189,7 @@ def test_secrets_never_published(run_dir, tmp_path, monkeypatch):
     token, key = "hf_SeCrEtToKeN0123456789abcdef", "sk-test-SeCrEtKeY-987654321"
     monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    folder = cards.build_folder(run_dir, tmp_path / "pub", repo_id="my-org/demo", include_rejected=True)
+    folder = publish.build_folder(run_dir, tmp_path / "pub", repo_id="my-org/demo", include_rejected=True)
     import pyarrow.parquet as pq
 
     for f in folder.rglob("*"):
@@ -207,14 +207,14 @@ def test_secrets_never_published(run_dir, tmp_path, monkeypatch):
     sft[0]["messages"][-1]["content"] = f"my key is {key}"
     store.save_table(pa.Table.from_pylist(sft), leaky / "03-export" / "data" / "sft")
     with pytest.raises(UserError, match=r"value of \$OPENAI_API_KEY"):
-        cards.publish(leaky, "my-org/demo", dry_run=True)
+        publish.publish(leaky, "my-org/demo", dry_run=True)
     assert not (leaky / "publish").exists()
 
 
 def _publish_in_subprocess(run_dir: Path, env: dict, home: Path) -> subprocess.CompletedProcess:
     code = (
-        "import sys\nfrom pipeline import cards\nfrom pipeline.errors import UserError\n"
-        "try:\n    cards.publish(sys.argv[1], 'my-org/demo', private=True)\n"
+        "import sys\nfrom pipeline import publish\nfrom pipeline.errors import UserError\n"
+        "try:\n    publish.publish(sys.argv[1], 'my-org/demo', private=True)\n"
         "except UserError as e:\n    print(e, file=sys.stderr); sys.exit(2)\n"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -285,7 +285,7 @@ def test_errors_name_the_fix(tmp_path):
     with pytest.raises(UserError, match="run `distill run` first"):
         cards.write_card(tmp_path / "empty")
     with pytest.raises(UserError, match="ORG/NAME"):
-        cards.publish(tmp_path, "no-slash", dry_run=True)
+        publish.publish(tmp_path, "no-slash", dry_run=True)
     with pytest.raises(UserError, match="license"):
         cards.check_metadata(
             {
