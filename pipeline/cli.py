@@ -291,13 +291,22 @@ def make_stage_command(sub, stage: str):
             help="openai engine: server URL(s), e.g. http://127.0.0.1:8000/v1; several spread the requests",
         )
         p.add_argument(
-            "--concurrency", type=int, help="openai engine: requests in flight per server (default: 64)"
+            "--concurrency",
+            type=int,
+            help="openai engine: pin the requests in flight per server (default: adapt to the server)",
         )
         p.add_argument(
             "--max-retries", type=int, help="openai engine: retries of a 5xx/429/timeout (default: 6)"
         )
         p.add_argument("--served-model-name", help="openai engine: the model name the server expects")
         names = add_config_flags(p, module.Config)
+        if stage == "generate":
+            p.add_argument(
+                "--no-seed",
+                action="store_true",
+                help="send no sampling seed (seed: null), for servers that refuse or crash on seeds; "
+                "completions are then not reproducible",
+            )
     add_executor_flags(p)
     p.set_defaults(func=lambda args: cmd_stage(args, stage, module, names))
 
@@ -307,6 +316,10 @@ def cmd_stage(args, stage: str, module, names: list[str]) -> int:
 
     settings = load_yaml(args.config) if args.config else {}
     settings.update(flag_values(args, names))
+    if getattr(args, "no_seed", False):
+        if getattr(args, "cfg_seed", None) is not None:
+            raise UserError("--seed and --no-seed contradict each other; keep one")
+        settings["seed"] = None
     config = from_dict(module.Config, settings, f"{stage} config")
     context = _context_from_args(args, stage)
     input_path = None if stage == "prompts" else args.input

@@ -93,7 +93,19 @@ class ModelConfig:
     api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "openai: environment variable with the key"}
     )
-    concurrency: int = field(default=64, metadata={"help": "openai: requests in flight per server"})
+    concurrency: int | None = field(
+        default=None,
+        metadata={
+            "help": "openai: requests in flight per server, pinned (default: adapt: start with every request, "
+            "or max_num_seqs, halve on 429/503/timeouts)"
+        },
+    )
+    max_num_seqs: int | None = field(
+        default=None,
+        metadata={
+            "help": "openai: the server's --max-num-seqs, when known: where adaptive concurrency starts"
+        },
+    )
     timeout: float = field(
         default=600.0,
         metadata={
@@ -123,8 +135,10 @@ class ModelConfig:
             raise UserError(
                 f"{path}.adapter: {self.adapter} has no adapter_config.json; pass a LoRA adapter folder"
             )
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise UserError(f"{path}.concurrency must be at least 1 (requests in flight per server)")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise UserError(f"{path}.max_num_seqs must be at least 1 (the server's batch size)")
         if self.max_retries < 0:
             raise UserError(f"{path}.max_retries must be 0 or more")
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
@@ -151,6 +165,7 @@ class ModelConfig:
                 "served_model_name",
                 "api_key_env",
                 "concurrency",
+                "max_num_seqs",
                 "timeout",
                 "max_retries",
                 "backoff_base",

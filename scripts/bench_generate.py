@@ -9,12 +9,25 @@ input, sharding, writing Arrow shards, joining them and writing the manifest), a
 ``ratio = ours_tokens_per_s / raw_tokens_per_s`` per repeat and the median; the goal is >= 0.97.
 With per-prompt seeds both sides produce the same completions, which the script checks.
 
-``openai`` starts ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 with the same engine settings
-and, per repeat, sends the same requests with a plain asyncio client (httpx, a semaphore, ``gather``) and runs
-our stage through the openai engine at the same concurrency, in alternating order; it prints
-``ratio = ours / plain`` per repeat and the median (goal >= 0.97). ``hf`` runs the stage through
-transformers ``generate``. All report tokens/s of the whole stage on the same prompts (server/model start-up
-excluded).
+``openai`` starts one ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (float32, eager,
+``--max-num-batched-tokens 16384``) and, per round, runs on the same prompts and sampling settings, in an
+order that rotates from round to round:
+- ours: the whole ``distill generate --engine openai`` command at its defaults (adaptive concurrency, seeds
+  on), timed from process start to exit, so imports and writing the Arrow output count;
+- datatrove: datatrove's ``InferenceRunner`` in endpoint mode at its defaults (500 in flight, no seeds),
+  also a whole process. Datatrove is never a dependency of this project: it runs in the interpreter given by
+  ``--datatrove-python`` (or ``$DATATROVE_PYTHON``; e.g. a venv with ``pip install datatrove orjson aiofiles
+  httpx``), or in this one if it imports here; without it this arm is skipped with a one-line note;
+- plain: a bare asyncio client (httpx, a semaphore, ``gather``) with every request in flight (or
+  ``--concurrency``), in this process.
+It prints each round and the medians with ``ours / datatrove`` and ``ours / plain`` (goal >= 1.0 against
+datatrove). ``--no-seed`` runs ours without seeds too, as a fourth arm.
+
+    .venv/bin/python scripts/bench_generate.py --engine openai --prompts 128 --repeats 3 \
+        --datatrove-python /work/dt-venv/bin/python
+
+``hf`` runs the stage through transformers ``generate``. All report tokens/s on the same prompts
+(server/model start-up excluded).
 """
 
 from __future__ import annotations
@@ -50,7 +63,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shard-size", type=int, default=256, help="prompts per shard of our stage")
     p.add_argument("--repeats", type=int, default=1, help="raw/ours pairs (vllm), or stage runs (others)")
     p.add_argument("--hf-batch-size", type=int, default=32)
-    p.add_argument("--concurrency", type=int, default=64, help="openai: requests in flight")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="openai: pin ours and plain to this many in flight (default: ours adapts)",
+    )
+    p.add_argument(
+        "--datatrove-python", help="openai: a Python with datatrove installed (default: $DATATROVE_PYTHON)"
+    )
+    p.add_argument("--no-seed", action="store_true", help="openai: also run ours with --no-seed")
+    p.add_argument("--datatrove-child", help=argparse.SUPPRESS)  # internal: one datatrove run, JSON spec
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args()
 
@@ -148,55 +170,7 @@ def main() -> None:
         engine.close()
 
     if "openai" in args.engine:
-        from pipeline.engines.openai import OpenAIEngine
-
-        server, url = start_server(model.path, args.max_model_len)
-        try:
-            # The same transport for both sides: concurrency and a timeout that queueing cannot hit.
-            engine = OpenAIEngine(url, "bench", concurrency=args.concurrency, timeout=600)
-            teacher = ModelConfig(
-                model=model.spec,
-                engine="openai",
-                base_url=url,
-                served_model_name="bench",
-                concurrency=args.concurrency,
-            )
-            bodies = [
-                {
-                    "model": "bench",
-                    "messages": conv,
-                    "n": args.n,
-                    "temperature": args.temperature,
-                    "top_p": args.top_p,
-                    "max_tokens": args.max_tokens,
-                    "seed": seed,
-                }
-                for conv, seed in zip(conversations, seeds, strict=True)
-            ]
-            plain_client(url, bodies[:16], args.concurrency)  # warm-up, not measured
-            ratios, plains, ours = [], [], []
-            for rep in range(args.repeats):
-                if rep % 2:
-                    our_tps, _ = run_stage(teacher, engine, f"openai-{rep}")
-                plain_tps = plain_client(url, bodies, args.concurrency)
-                if rep % 2 == 0:
-                    our_tps, _ = run_stage(teacher, engine, f"openai-{rep}")
-                ratios.append(our_tps / plain_tps)
-                plains.append(plain_tps)
-                ours.append(our_tps)
-                print(
-                    f"[openai] repeat {rep}: plain asyncio client {plain_tps:.1f} tok/s | ours {our_tps:.1f} tok/s "
-                    f"| ratio = {our_tps / plain_tps:.3f} (concurrency {args.concurrency})",
-                    flush=True,
-                )
-            print(
-                f"[openai] median: plain {statistics.median(plains):.1f} tok/s, ours {statistics.median(ours):.1f} "
-                f"tok/s; ratio = ours / plain = {statistics.median(ratios):.3f} (median)",
-                flush=True,
-            )
-            figures["openai"] = {"plain_tokens_per_s": plains, "ours_tokens_per_s": ours, "ratio": ratios}
-        finally:
-            stop_server(server)
+        figures["openai"] = bench_openai(args, model.path, inp, work, conversations, seeds)
 
     if "hf" in args.engine:
         from pipeline.engines.hf import HFEngine
@@ -215,6 +189,132 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_openai(args, model_dir: str, inp: Path, work: Path, conversations: list, seeds: list) -> dict:
+    """Interleaved rounds of ours / datatrove / plain against one vLLM server; returns the figures."""
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+    dt_python = datatrove_python(args.datatrove_python)
+    if dt_python is None:
+        print(
+            "[openai] datatrove: skipped (not importable here; pass --datatrove-python PATH to a Python that "
+            "has datatrove, orjson, aiofiles and httpx)",
+            flush=True,
+        )
+    server, url = start_server(model_dir, args.max_model_len)
+    try:
+        bodies = [
+            {"model": "bench", "messages": conv, "n": args.n, **sampling, "seed": seed}
+            for conv, seed in zip(conversations, seeds, strict=True)
+        ]
+        in_flight = args.concurrency or len(bodies)
+        plain_client(url, bodies[:16], in_flight)  # warm-up, not measured
+
+        def ours(no_seed: bool = False) -> float:
+            out = work / "openai-ours"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [
+                sys.executable, "-m", "pipeline.cli", "generate", "--input", str(inp), "--output", str(out),
+                "--teacher", "bench", "--engine", "openai", "--base-url", url, "--n", str(args.n),
+                "--max-tokens", str(args.max_tokens), "--temperature", str(args.temperature),
+                "--top-p", str(args.top_p), "--seed" if not no_seed else "--no-seed",
+            ]  # fmt: skip
+            cmd += [str(args.seed)] if not no_seed else []
+            cmd += ["--concurrency", str(args.concurrency)] if args.concurrency else []
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            manifest = json.loads((out / "manifest.json").read_text())
+            return manifest["tokens"]["completion"] / wall
+
+        def datatrove() -> float:
+            spec = {
+                "endpoint": url.removesuffix("/v1"),
+                "model": "bench",
+                "conversations": conversations,
+                "n": args.n,
+                "sampling": sampling,
+                "output": str(work / "openai-datatrove"),
+            }
+            shutil.rmtree(spec["output"], ignore_errors=True)
+            spec_file = work / "datatrove.json"
+            spec_file.write_text(json.dumps(spec))
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [dt_python, __file__, "--datatrove-child", str(spec_file)],
+                capture_output=True,
+                text=True,
+            )
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise SystemExit(f"datatrove run failed: {proc.stderr[-2000:]}")
+            return json.loads(proc.stdout.strip().splitlines()[-1])["completion_tokens"] / wall
+
+        arms = {"ours": ours, "plain": lambda: plain_client(url, bodies, in_flight)}
+        if dt_python is not None:
+            arms["datatrove"] = datatrove
+        if args.no_seed:
+            arms["ours --no-seed"] = lambda: ours(no_seed=True)
+        names = list(arms)
+        tps: dict[str, list[float]] = {name: [] for name in names}
+        for rep in range(args.repeats):
+            order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: load drift cancels out
+            for name in order:
+                tps[name].append(arms[name]())
+            line = " | ".join(f"{name} {tps[name][-1]:.1f}" for name in names)
+            print(f"[openai] round {rep} ({' -> '.join(order)}): {line} tok/s", flush=True)
+        median = {name: statistics.median(v) for name, v in tps.items()}
+        print(
+            "[openai] median tok/s: " + ", ".join(f"{name} {v:.1f}" for name, v in median.items()), flush=True
+        )
+        ratios = {f"ours / {other}": median["ours"] / median[other] for other in names if other != "ours"}
+        for label, ratio in ratios.items():
+            print(f"[openai] ratio {label} = {ratio:.3f} (medians of {args.repeats} rounds)", flush=True)
+        return {"tokens_per_s": tps, "median": median, "ratio": ratios, "plain_in_flight": in_flight}
+    finally:
+        stop_server(server)
+
+
+def datatrove_python(given: str | None) -> str | None:
+    """The interpreter that runs the datatrove arm, or None when there is none."""
+    candidate = given or os.environ.get("DATATROVE_PYTHON")
+    if candidate:
+        return candidate
+    try:
+        import datatrove  # noqa: F401 - only probing
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def datatrove_child(spec_file: str) -> None:
+    """One datatrove InferenceRunner run (endpoint mode, its defaults); prints the completion tokens as JSON.
+    Runs under the datatrove interpreter: nothing from this project is imported here."""
+    from datatrove.data import Document
+    from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+    from datatrove.pipeline.writers import JsonlWriter
+
+    spec = json.loads(Path(spec_file).read_text())
+    tokens = []
+
+    async def rollout(doc, generate):
+        result = await generate({"messages": doc.metadata["messages"]})
+        tokens.append(int(result.usage.get("completion_tokens", 0)))
+        return result.text
+
+    docs = [
+        Document(text=conv[-1]["content"], id=str(i), metadata={"messages": conv})
+        for i, conv in enumerate(spec["conversations"])
+    ]
+    config = InferenceConfig(
+        server_type="endpoint",
+        model_name_or_path=spec["model"],
+        endpoint_url=spec["endpoint"],
+        default_generation_params=spec["sampling"],
+        rollouts_per_document=spec["n"],
+    )
+    InferenceRunner(rollout, config, JsonlWriter(spec["output"])).run(docs)
+    print(json.dumps({"completion_tokens": sum(tokens), "documents": len(docs)}))
 
 
 def plain_client(url: str, bodies: list[dict], concurrency: int) -> float:
@@ -244,8 +344,6 @@ def start_server(model_dir: str, max_model_len: int) -> tuple[subprocess.Popen, 
     """vLLM's OpenAI server with the settings VLLMEngine uses on CPU; returns (process, base_url)."""
     import httpx
 
-    from pipeline.engines.vllm import CPU_MAX_NUM_BATCHED_TOKENS
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -253,7 +351,7 @@ def start_server(model_dir: str, max_model_len: int) -> tuple[subprocess.Popen, 
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
         "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--max-model-len", str(max_model_len),
-        "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(CPU_MAX_NUM_BATCHED_TOKENS, max_model_len)),
+        "--max-num-batched-tokens", str(max(16384, max_model_len)),
     ]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     proc = subprocess.Popen(
@@ -286,4 +384,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 if __name__ == "__main__":  # vLLM spawns its engine process: the guard is required
-    main()
+    if "--datatrove-child" in sys.argv:
+        datatrove_child(sys.argv[sys.argv.index("--datatrove-child") + 1])
+    else:
+        main()

@@ -166,6 +166,27 @@ def test_cli_generate_openai_exits_0(vllm_server, tmp_path):
     assert manifest["tokens_by_teacher"]["smol"]["completion_tokens"] > 0
 
 
+def test_seeded_and_unseeded_runs_complete_at_128_in_flight(vllm_server, tmp_path):
+    """The stage at its defaults puts all 128 prompts in flight at once, with seeds and with `seed: null`."""
+    from pipeline import store
+    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.stages import generate
+
+    inp = _prompts_file(tmp_path / "prompts.jsonl", 128)
+    ctx = RunContext(teachers=[ModelConfig(model="smol", engine="openai", base_url=vllm_server)])
+    for seed, out in ((0, tmp_path / "seeded"), (None, tmp_path / "unseeded")):
+        cfg = generate.Config(
+            n=1, temperature=0.8, max_tokens=4, seed=seed, system_template="system/default.jinja"
+        )
+        manifest = generate.run(cfg, inp, out, context=ctx, progress=False)
+        assert manifest["rows_out"] == 128 and manifest["rejected_by_reason"] == {}
+        assert manifest["seeded"] is (seed is not None) and manifest["sampling"]["seed"] == seed
+        c = manifest["concurrency"]["smol"]
+        assert c["mode"] == "adaptive" and c["start"] == c["peak_in_flight"] == 128 and c["backoffs"] == 0
+        seeds = store.load_table(out / "data").column("seed").to_pylist()
+        assert all(s is None for s in seeds) if seed is None else all(isinstance(s, int) for s in seeds)
+
+
 def test_server_stopped_mid_stage_then_restarted_every_row_answered(server, tmp_path):
     """SIGKILL the server after the first shard; the rows that then fail are owed a retry, not rejected,
     and rerunning the stage against the restarted server answers every one of them."""
@@ -216,19 +237,40 @@ def test_server_stopped_mid_stage_then_restarted_every_row_answered(server, tmp_
 class Stub:
     """A scripted OpenAI-compatible server: each POST takes the next (status, headers, delay) step."""
 
-    def __init__(self, steps):
+    def __init__(self, steps, metrics: bool = False, error: str | None = None):
         self.steps = list(steps)
         self.calls: list[dict] = []
+        self.in_flight = self.peak = 0
+        self.generated = 0.0  # what GET /metrics reports as vllm:generation_tokens_total (metrics=True)
+        lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                if not metrics or self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                text = f'# TYPE x counter\nvllm:generation_tokens_total{{engine="0"}} {stub.generated}\n'
+                data = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self):  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.calls.append(
-                    {"t": time.monotonic(), "auth": self.headers.get("Authorization"), "body": body}
-                )
-                status, headers, delay = stub.steps.pop(0) if stub.steps else (200, {}, 0)
-                time.sleep(delay)
+                with lock:
+                    stub.calls.append(
+                        {"t": time.monotonic(), "auth": self.headers.get("Authorization"), "body": body}
+                    )
+                    status, headers, delay = stub.steps.pop(0) if stub.steps else (200, {}, 0)
+                    stub.in_flight += 1
+                    stub.peak = max(stub.peak, stub.in_flight)
+                try:
+                    time.sleep(delay)
+                finally:
+                    with lock:
+                        stub.in_flight -= 1
                 payload = (
                     {
                         "choices": [
@@ -242,7 +284,7 @@ class Stub:
                         "usage": {"prompt_tokens": 5, "completion_tokens": 2},
                     }
                     if status == 200
-                    else {"error": {"message": f"scripted {status}"}}
+                    else {"error": {"message": error or f"scripted {status}"}}
                 )
                 data = json.dumps(payload).encode()
                 try:
@@ -259,7 +301,11 @@ class Stub:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the default backlog of 5 delays a burst of connections by seconds
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -272,8 +318,8 @@ class Stub:
 def stub():
     made = []
 
-    def make(steps):
-        made.append(Stub(steps))
+    def make(steps, **kw):
+        made.append(Stub(steps, **kw))
         return made[-1]
 
     yield make
@@ -414,3 +460,108 @@ def test_transient_failures_are_owed_a_retry_not_rejected(stub, tmp_path):
         generate.run(cfg, inp, tmp_path / "gen2", context=ctx2, progress=False)
     kept = merge(tmp_path / "gen2", keep_failed=True)
     assert kept["rows_out"] == 4 and sum(kept["rejected_by_reason"].values()) == 2
+
+
+def test_default_puts_every_request_in_flight_and_records_it(stub):
+    s = stub([(200, {}, 0.3)] * 12)
+    engine = _engine(s.url)
+    t0 = time.monotonic()
+    results = engine.generate([GenRequest(id=str(i), messages=Q) for i in range(12)])
+    assert time.monotonic() - t0 < 1.0  # one round of 0.3 s, not three
+    assert all(r.error is None for r in results) and s.peak == 12
+    assert engine.last_stats == {
+        "mode": "adaptive", "start": 12, "peak_in_flight": 12, "lowest": 12, "end": 12, "backoffs": 0
+    }  # fmt: skip
+
+
+def test_max_num_seqs_and_max_concurrency_bound_the_start(stub):
+    s = stub([(200, {}, 0.05)] * 20)
+    engine = _engine(s.url, max_num_seqs=5)
+    engine.generate([GenRequest(id=str(i), messages=Q) for i in range(20)])
+    assert s.peak <= 5 and engine.last_stats["start"] == 5
+    engine = _engine(s.url, max_concurrency=3)
+    engine.generate([GenRequest(id=str(i), messages=Q) for i in range(9)])
+    assert engine.last_stats["start"] == 3
+
+
+def test_overload_halves_the_window_then_it_grows_back(stub):
+    """503s on the first round: the window halves once for that round (not once per failed request), the
+    work still completes, and later successes grow it back."""
+    s = stub([(503, {}, 0.05)] * 16 + [(200, {}, 0.05)] * 200)
+    engine = _engine(s.url, backoff_base=0.01)
+    results = engine.generate([GenRequest(id=str(i), messages=Q) for i in range(16)])
+    assert all(r.error is None for r in results)
+    stats = engine.last_stats
+    assert stats["mode"] == "adaptive" and stats["start"] == 16
+    assert stats["backoffs"] >= 1 and stats["lowest"] <= 8
+    assert stats["backoffs"] < 16  # requests sent before a cut do not cut again
+    assert stats["end"] >= stats["lowest"]
+
+
+def test_pinned_concurrency_never_adapts(stub):
+    s = stub([(429, {}, 0)] * 4 + [(200, {}, 0.05)] * 12)
+    engine = _engine(s.url, concurrency=4, backoff_base=0.01)
+    assert all(
+        r.error is None for r in engine.generate([GenRequest(id=str(i), messages=Q) for i in range(12)])
+    )
+    assert s.peak <= 4
+    assert engine.last_stats["mode"] == "pinned" and engine.last_stats["backoffs"] == 0
+
+
+def test_no_seed_sends_no_seed_field(stub):
+    s = stub([])
+    _engine(s.url).generate([GenRequest(id="a", messages=Q, temperature=0.8, seed=None)])
+    assert "seed" not in s.calls[0]["body"]
+
+
+def test_a_server_refusing_seeds_stops_with_one_line_naming_the_option(stub):
+    from pipeline.errors import UserError
+
+    s = stub([(400, {}, 0)] * 3, error="Unrecognized request argument supplied: seed")
+    with pytest.raises(UserError, match=r"seed: null.*--no-seed") as err:
+        _engine(s.url).generate([GenRequest(id=str(i), messages=Q, seed=i) for i in range(3)])
+    assert "\n" not in str(err.value)
+
+
+def test_a_server_dying_under_seeded_requests_gets_a_hint(stub, capsys):
+    s = stub([(500, {}, 0)] * 2, error="EngineCore encountered an issue")
+    results = _engine(s.url, max_retries=0).generate(
+        [GenRequest(id=str(i), messages=Q, seed=i) for i in range(2)]
+    )
+    assert all(r.transient for r in results)
+    hint = capsys.readouterr().err.strip().splitlines()
+    assert len(hint) == 1 and "--no-seed" in hint[0]
+
+
+def test_progress_counts_server_tokens_before_answers_then_exact(stub):
+    """While the answers take 1.5 s, the server's /metrics counter moves the token count; at the end the
+    count is the answers' exact total (2 tokens each), whatever the counter said."""
+    s = stub([(200, {}, 1.5)] * 4, metrics=True)
+    s.generated = 1000.0  # the counter before this client started
+    calls = []
+
+    def progress(samples, tokens):
+        calls.append((time.monotonic(), samples, tokens))
+
+    def tick():
+        time.sleep(0.3)
+        s.generated += 5  # tokens the server made for this client (and maybe others)
+
+    threading.Thread(target=tick, daemon=True).start()
+    results = _engine(s.url).generate(
+        [GenRequest(id=str(i), messages=Q) for i in range(4)], progress=progress
+    )
+    assert all(r.error is None for r in results)
+    first_tokens = next(t for t, samples, tokens in calls if tokens > 0)
+    first_sample = next(t for t, samples, tokens in calls if samples > 0)
+    assert first_tokens < first_sample
+    assert sum(c[1] for c in calls) == 4 and sum(c[2] for c in calls) == 8
+
+
+def test_progress_without_metrics_counts_answers(stub):
+    s = stub([(200, {}, 0)] * 3)
+    calls = []
+    _engine(s.url).generate(
+        [GenRequest(id=str(i), messages=Q) for i in range(3)], progress=lambda a, b: calls.append((a, b))
+    )
+    assert calls == [(1, 2)] * 3

@@ -50,7 +50,10 @@ class GenResult:
     transient: bool = False  # the error may go away on a later try (server down, timeouts, 5xx)
 
 
-Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
+# Progress: (samples finished, completion tokens) since the last call. Engines call it as work arrives, so
+# tokens usually come before the samples that hold them; a count that was an estimate (a server's counter)
+# is corrected once the answers are in, which may make one call's tokens negative.
+Progress = Callable[[int, int], None]
 
 
 class Engine(Protocol):
@@ -100,6 +103,9 @@ def load_engine(name: str, model, **options):
 # Engine options that change what a model writes go into fingerprints; transport settings do not.
 RUNTIME_OPTIONS = {
     "concurrency",
+    "max_num_seqs",
+    "max_concurrency",
+    "server_metrics",
     "timeout",
     "api_key_env",
     "batch_size",

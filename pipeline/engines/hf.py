@@ -14,12 +14,9 @@ Top-k logprobs come from the raw logits (before temperature and top-p), the same
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
-from pipeline.engines import GenRequest, GenResult, Sample
+from pipeline.engines import GenRequest, GenResult, Progress, Sample
 from pipeline.models import ResolvedModel
-
-Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
 
 
 class HFEngine:
@@ -82,10 +79,15 @@ class HFEngine:
         def flush() -> None:
             if not batch:
                 return
-            for i, res in zip([i for i, _ in batch], self._generate_batch(requests, batch), strict=True):
+            counter = _TokenCounter(progress, self.eos_ids) if progress is not None else None
+            for i, res in zip(
+                [i for i, _ in batch], self._generate_batch(requests, batch, counter), strict=True
+            ):
                 results[i] = res
-                if progress is not None:
-                    progress(1, sum(s.completion_tokens for s in res.samples))
+                if counter is not None:
+                    counter.finished(res)
+            if counter is not None:
+                counter.close()
             batch.clear()
 
         for i, req in enumerate(requests):
@@ -108,7 +110,7 @@ class HFEngine:
         return [results[i] for i in range(len(requests))]
 
     def _generate_batch(
-        self, requests: list[GenRequest], batch: list[tuple[int, list[int]]]
+        self, requests: list[GenRequest], batch: list[tuple[int, list[int]]], streamer=None
     ) -> list[GenResult]:
         import torch
 
@@ -129,6 +131,8 @@ class HFEngine:
             "return_dict_in_generate": True,
             "output_logits": bool(first.logprobs),
         }
+        if streamer is not None:
+            kwargs["streamer"] = streamer
         if sampling:
             kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
         else:  # the model's generation_config may carry sampling defaults that greedy decoding warns about
@@ -136,8 +140,10 @@ class HFEngine:
         if first.stop:
             kwargs.update(stop_strings=first.stop, tokenizer=self.tokenizer)
         # One generator state per batch, derived from every request's seed: same requests, same samples.
-        seeds = ",".join(f"{requests[i].id}:{requests[i].seed}" for i, _ in batch)
-        torch.manual_seed(int.from_bytes(hashlib.sha256(seeds.encode()).digest()[:8], "little") >> 1)
+        # Requests without a seed (`seed: null`) sample from torch's running state instead.
+        if any(requests[i].seed is not None for i, _ in batch):
+            seeds = ",".join(f"{requests[i].id}:{requests[i].seed}" for i, _ in batch)
+            torch.manual_seed(int.from_bytes(hashlib.sha256(seeds.encode()).digest()[:8], "little") >> 1)
         try:
             with torch.inference_mode():
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
@@ -191,6 +197,44 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
+
+
+class _TokenCounter:
+    """A ``generate`` streamer that reports tokens step by step (one per row that has not yet ended), then
+    samples per finished prompt, with the count corrected to the exact one when the batch ends."""
+
+    def __init__(self, progress: Progress, eos_ids: set) -> None:
+        self.progress = progress
+        self.eos_ids = eos_ids
+        self.alive: list[bool] | None = None  # per generated row; None until the prompt has been put
+        self.live = self.exact = 0
+
+    def put(self, value) -> None:
+        if self.alive is None:  # generate first puts the prompt ids
+            self.alive = []
+            return
+        tokens = value.view(-1).tolist()
+        if len(self.alive) != len(tokens):
+            self.alive = [True] * len(tokens)
+        made = 0
+        for row, tok in enumerate(tokens):
+            if self.alive[row]:
+                made += 1
+                self.alive[row] = tok not in self.eos_ids
+        if made:
+            self.live += made
+            self.progress(0, made)
+
+    def end(self) -> None:
+        pass
+
+    def finished(self, result: GenResult) -> None:
+        self.exact += sum(s.completion_tokens for s in result.samples)
+        self.progress(len(result.samples), 0)
+
+    def close(self) -> None:
+        if self.exact != self.live:  # stop strings end rows the streamer cannot see
+            self.progress(0, self.exact - self.live)
 
 
 def _key(req: GenRequest) -> tuple:

