@@ -445,6 +445,7 @@ def cmd_eval(args) -> int:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         temperature=args.temperature,
+        phrasing=args.phrasing,
     )
     shown = result if args.json else {k: v for k, v in result.items() if k != "rows"}
     if args.output:
@@ -560,7 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="LoRA adapter folder")
     p.add_argument("--task", default="arithmetic")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=100, help="number of problems")
+    p.add_argument(
+        "--limit", type=int, default=100, help="number of problems (arithmetic held-out splits: per family)"
+    )
+    p.add_argument(
+        "--phrasing",
+        choices=["train", "heldout", "wide"],
+        help="arithmetic: one wording family (default on validation/test: both held-out families, heldout and wide)",
+    )
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k when > 1)")
     p.add_argument("--engine", default="hf", choices=["vllm", "hf"])
     p.add_argument("--seed", type=int, default=0)

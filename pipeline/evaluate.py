@@ -13,6 +13,7 @@ use it without importing training code.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -69,6 +70,31 @@ def check(task: str, rows: list[dict], verifier: str | None = None) -> list[bool
     return out
 
 
+def task_rows(task: str, split: str, limit: int | None, seed: int, phrasing: str | None = None) -> list[dict]:
+    """A built-in task's evaluation rows. Arithmetic's validation and test splits hold two held-out wording
+    families (``heldout`` and the wider ``wide``); without ``phrasing`` both are drawn, ``limit`` each."""
+    from pipeline.tasks import load_task
+
+    if task == "arithmetic" and split != "train" and phrasing is None:
+        from pipeline.tasks.arithmetic import HELDOUT_FAMILIES
+
+        return [
+            r for f in HELDOUT_FAMILIES for r in load_task(task, split=split, n=limit, seed=seed, phrasing=f)
+        ]
+    options = {"phrasing": phrasing} if phrasing else {}
+    return load_task(task, split=split, n=limit, seed=seed, **options)
+
+
+def _phrasing_of(row: dict) -> str | None:
+    meta = row.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    return meta.get("phrasing") if isinstance(meta, dict) else None
+
+
 def make_engine(model: str, adapter: str | None, engine: str, batch_size: int, max_model_len: int | None):
     """The engine to generate with, and a cleanup callback. On vllm requests must carry ``adapter``: the
     engine applies it per request (LoRA in vLLM, on a GPU) or serves a merged copy (on a CPU)."""
@@ -114,19 +140,20 @@ def evaluate(
     max_model_len: int | None = None,
     rows: list[dict] | None = None,
     engine_obj=None,
+    phrasing: str | None = None,
 ) -> dict:
     """Generate ``n`` answers per problem, verify them, and report pass@1 (and pass@n when n > 1).
 
     ``rows`` replaces the task's split (prompt rows with ``id``, ``messages``, ``reference``); ``engine_obj``
     reuses an already-built engine (then ``model``/``adapter``/``engine`` are only recorded).
-    Greedy when n == 1, else sampled at ``temperature`` (default 0.7).
+    Greedy when n == 1, else sampled at ``temperature`` (default 0.7). Arithmetic's held-out splits are
+    scored on both held-out wording families (``limit`` problems each) unless ``phrasing`` names one; the
+    result then gives ``by_phrasing`` beside the overall ``pass@1``.
     """
     if n < 1:
         raise UserError(f"--samples must be >= 1, got {n}")
     if rows is None:
-        from pipeline.tasks import load_task
-
-        rows = load_task(task, split=split, n=limit, seed=seed)
+        rows = task_rows(task, split, limit, seed, phrasing)
     elif limit is not None:
         rows = rows[:limit]
     if not rows:
@@ -185,6 +212,15 @@ def evaluate(
     }
     if n > 1:
         result[f"pass@{n}"] = round(sum(pass_at_k(n, c, n) for c in correct) / len(rows), 4)
+    families: dict[str, list[float]] = {}
+    for r, c in zip(rows, correct, strict=True):
+        family = _phrasing_of(r)
+        if family:
+            families.setdefault(family, []).append(c / n)
+    if families:
+        result["by_phrasing"] = {
+            f: {"problems": len(v), "pass@1": round(sum(v) / len(v), 4)} for f, v in families.items()
+        }
     result["rows"] = [
         {
             "id": s["id"],

@@ -263,3 +263,28 @@ def test_qwen_teacher_through_vllm_writes_worked_answers_without_its_markup(qwen
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]  # no system prompt, no shots
     # top-k ids come back in the teacher's vocabulary, beyond the student's 49,152 tokens
     assert any(i >= 49152 for res in results for step in res.samples[0].topk_ids for i in step)
+
+
+def test_two_teachers_yield_per_teacher_in_manifests_and_card(vllm_engine, tmp_path):
+    """Two teacher labels (one engine serves both here), worked shots: each teacher's samples, tokens,
+    verified rate and kept rows land in the manifests and the card's yield table."""
+    from pipeline.cards import teacher_yield
+    from pipeline.recipe import ModelConfig, RunContext
+    from pipeline.stages import generate, verify
+
+    rows = arithmetic(6, "train", seed=1)
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teachers = [ModelConfig(model="smollm2-135m-instruct", max_model_len=1024, name=n) for n in ("a", "b")]
+    ctx = RunContext(teachers=teachers)
+    cfg = generate.Config(n=2, temperature=0.0, max_tokens=24, shots_template=SHOTS)
+    gen = generate.run(
+        cfg, inp, tmp_path / "g", context=ctx, engines={"a": vllm_engine, "b": vllm_engine}, progress=False
+    )
+    assert SHOTS in gen["fingerprint_parts"]["templates"]  # the shots are part of what the data depends on
+    ver = verify.run(verify.VerifyConfig(verifiers=["math"]), tmp_path / "g", tmp_path / "v", context=ctx)
+    by = ver["by_teacher"]
+    assert set(by) == {"a", "b"} and all(t["samples"] == 12 for t in by.values())
+    assert all(0 <= t["verified_rate"] <= 1 and t["kept"] <= t["passed"] for t in by.values())
+    table = teacher_yield({"generate": gen, "verify": ver})
+    assert [t["name"] for t in table] == ["a", "b"] and all(t["tokens"] > 0 for t in table)

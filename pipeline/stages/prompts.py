@@ -41,7 +41,7 @@ def source_templates(source: SourceConfig) -> dict[str, str]:
     if source.task == "arithmetic":
         from pipeline.tasks.arithmetic import template_names
 
-        names = template_names()
+        names = template_names(source.phrasing)
     else:
         from pipeline.tasks.humaneval import TEMPLATE
 

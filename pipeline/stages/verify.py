@@ -361,6 +361,13 @@ class VerifyStage(Stage):
             "rows_in": sum(s.get("rows", 0) for s in shard_stats),
             "prompts_in": sum(s.get("prompts", 0) for s in shard_stats),
         }
+        by_teacher: dict = {}
+        for s in shard_stats:
+            store.add_counts(by_teacher, json.loads(json.dumps(s.get("by_teacher", {}))))
+        for t in by_teacher.values():
+            t["verified_rate"] = round(t["passed"] / t["samples"], 4) if t["samples"] else None
+        if by_teacher:
+            fields["by_teacher"] = by_teacher
         backends = sorted({b for s in shard_stats for b in s.get("code_sandbox", {})})
         if backends:
             fields["code_sandbox"] = {"backend": backends[0] if len(backends) == 1 else backends}
@@ -462,7 +469,15 @@ def _verify_shard(part: pa.Table, shard: list, verified: bool) -> store.ShardOut
         "rows": n,
         "prompts": len({r["id"] for r in rows}),
         "prompts_with_a_pass": len({rows[i]["id"] for i in range(n) if verdicts[i].passed is True}),
+        "by_teacher": {},
     }
+    for i in range(n):  # each teacher's yield: samples, verified, kept after dedup and selection
+        t = stats["by_teacher"].setdefault(
+            rows[i].get("teacher") or "teacher", {"samples": 0, "passed": 0, "kept": 0}
+        )
+        t["samples"] += 1
+        t["passed"] += verdicts[i].passed is True
+        t["kept"] += reject[i] is None and verdicts[i].passed is True
     return store.ShardOutput(data=data, rejected=rej, stats=stats)
 
 

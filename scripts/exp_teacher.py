@@ -1,0 +1,255 @@
+"""Does a strong teacher's data teach a small student? The lever table and the multi-teacher table.
+
+    .venv/bin/python scripts/exp_teacher.py                      # both tables, seed 0
+    .venv/bin/python scripts/exp_teacher.py --table levers       # one table
+    .venv/bin/python scripts/exp_teacher.py --out ~/exp/teacher  # keep the runs outside the work tree
+    .venv/bin/python scripts/exp_teacher.py --report             # print the tables from what is finished
+
+The teacher is the embedded Qwen2.5-Coder-0.5B-Instruct, the student SmolLM2-135M-Instruct (LoRA SFT,
+scripts/configs/sft.yaml: one epoch, batch 8). Every generation answers the same 240 training prompts
+(the quickstart's source), 4 samples each, verified by the math verifier with the quickstart's dedup.
+
+Lever table (one seed per row): raw teacher output, then each lever alone, then all of them:
+- prompting: few-shot turns that show the calculation (prompts/shots/arithmetic_worked.jinja);
+- diversity: temperature 1.0 and top_p 1.0 instead of 0.8 / 0.95;
+- mixing: the teacher's verified answers together with the student's own verified answers;
+- selection: of each prompt's verified answers, keep the one the student finds most likely.
+Multi-teacher table: each teacher alone and both under each keep rule (first, shortest,
+student_likelihood), one answer per prompt, every arm cut to the same number of training rows.
+
+Each student is scored greedily (vLLM, 96 new tokens) on 100 test problems of each held-out wording family
+(`heldout` and the wider `wide`). Generations, exports, adapters and scores are folders and JSON files, so
+an interrupted run resumes where it stopped; results.json holds every finished arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
+WORKED = {
+    "system_template": "system/arithmetic_worked.jinja",
+    "shots_template": "shots/arithmetic_worked.jinja",
+}
+DIVERSE = {"temperature": 1.0, "top_p": 1.0}
+GENERATIONS = {  # name: (teacher, generate settings on top of the quickstart's)
+    "qwen-raw": (QWEN, {}),
+    "qwen-worked": (QWEN, WORKED),
+    "qwen-diverse": (QWEN, DIVERSE),
+    "qwen-all": (QWEN, {**WORKED, **DIVERSE}),
+    "smollm2": (SMOL, {}),
+}
+LIKELY = {"max_per_prompt": 1, "keep": "student_likelihood"}
+TABLES = {
+    "levers": [  # (row, generations, export options); the most telling arms first
+        ("+ prompting (worked few-shot turns)", ["qwen-worked"], {}),
+        ("raw teacher output", ["qwen-raw"], {}),
+        ("+ diversity (temperature 1.0, top_p 1.0)", ["qwen-diverse"], {}),
+        ("+ mixing (with the student's own verified answers)", ["qwen-raw", "smollm2"], {}),
+        ("+ selection (the answer the student finds most likely)", ["qwen-raw"], LIKELY),
+        ("all levers", ["qwen-all", "smollm2"], {"max_per_prompt": 2, "keep": "student_likelihood"}),
+        ("self-taught (no Qwen: SmolLM2 teaches itself)", ["smollm2"], {}),
+    ],
+    "teachers": [  # one answer per prompt, cut to equal rows
+        ("Qwen alone (worked prompt)", ["qwen-worked"], {"max_per_prompt": 1}),
+        ("SmolLM2 alone", ["smollm2"], {"max_per_prompt": 1}),
+        ("both, keep first", ["qwen-worked", "smollm2"], {"max_per_prompt": 1, "keep": "first"}),
+        ("both, keep shortest", ["qwen-worked", "smollm2"], {"max_per_prompt": 1, "keep": "shortest"}),
+        ("both, keep student_likelihood", ["qwen-worked", "smollm2"], LIKELY),
+    ],
+}
+RECIPE = {
+    "teacher": {"engine": "vllm"},
+    "student": {"model": SMOL},
+    "source": {"task": "arithmetic", "n": 240, "seed": 0, "split": "train"},
+}
+GENERATE = {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": 96}
+VERIFY = {"verifiers": ["math"], "dedup": {"minhash_threshold": 0.9}}
+TEST_LIMIT, TEST_TOKENS = 100, 96
+
+
+def distill(*args: str) -> None:
+    t0 = time.perf_counter()
+    print(f"$ distill {' '.join(args)}", flush=True)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=ENV)
+    if r.returncode != 0:
+        sys.exit(f"distill {args[0]} failed (exit {r.returncode})")
+    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def generation(out: Path, name: str, seed: int) -> Path:
+    """The verify folder of one generation (prompts -> generate -> verify), run once and shared by arms."""
+    teacher, settings = GENERATIONS[name]
+    run = out / "gen" / f"{name}-s{seed}"
+    if not (run / "02-verify" / "manifest.json").exists():
+        recipe = {
+            "run": run.name,
+            **RECIPE,
+            "teacher": {**RECIPE["teacher"], "model": teacher},
+            "stages": [{"generate": {**GENERATE, **settings, "seed": seed}}, {"verify": VERIFY}],
+        }
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        distill("run", str(run / "recipe.yaml"), "--run-dir", str(run))
+    return run / "02-verify"
+
+
+def teacher_tokens(verify: Path) -> int:
+    generate = json.loads((verify.parent / "01-generate" / "manifest.json").read_text())
+    return int(generate["tokens"]["completion"])
+
+
+def export_arm(folder: Path, verifies: list[Path], options: dict) -> Path:
+    """Join the generations' verdicts and export SFT rows with the arm's keep rule."""
+    from pipeline import store
+    from pipeline.recipe import RunContext, StudentConfig
+    from pipeline.stages import export
+
+    out = folder / "export"
+    if (out / "manifest.json").exists():
+        return out
+    joined = folder / "verdicts"
+    for part in ("data", "rejected"):
+        tables = [store.load_table(v / part) for v in verifies if (v / part).is_dir()]
+        if tables:
+            import pyarrow as pa
+
+            store.save_table(pa.concat_tables(tables, promote_options="permissive"), joined / part)
+    config = export.Config(formats=["sft"], **options)
+    export.run(config, joined, out, context=RunContext(student=StudentConfig(model=SMOL)))
+    return out
+
+
+def cut_rows(export_dir: Path, rows: int, seed: int) -> Path:
+    """The same export with exactly `rows` SFT rows (a seeded sample), for arms compared at equal rows."""
+    from pipeline import store
+
+    cut = export_dir.parent / f"export-{rows}"
+    if not (cut / "data" / "sft" / "state.json").exists():
+        table = store.load_table(export_dir / "data" / "sft")
+        keep = sorted(random.Random(seed).sample(range(table.num_rows), rows))
+        (cut / "data").mkdir(parents=True, exist_ok=True)
+        store.save_table(table.take(keep), cut / "data" / "sft")
+    return cut
+
+
+def sft_rows(export_dir: Path) -> int:
+    from pipeline import store
+
+    return store.load_table(export_dir / "data" / "sft").num_rows
+
+
+def train(folder: Path, dataset: Path, seed: int) -> tuple[Path, float]:
+    config = yaml.safe_load((REPO / "scripts" / "configs" / "sft.yaml").read_text())
+    config.update(dataset=str(dataset), output_dir=str(folder / "train"), seed=seed)
+    path = folder / "sft.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    manifest = folder / "train" / "manifest.json"
+    if not manifest.exists():
+        distill("train", "sft", str(path))
+    return folder / "train" / "adapter", float(json.loads(manifest.read_text()).get("wall_s") or 0)
+
+
+def score(model: str, adapter: Path | None, out: Path) -> dict:
+    """pass@1 on the test split, per held-out family, greedy."""
+    if not out.exists():
+        args = ["eval", model, "--task", "arithmetic", "--split", "test", "--limit", str(TEST_LIMIT)]
+        args += ["--max-tokens", str(TEST_TOKENS), "--engine", "vllm", "--output", str(out)]
+        distill(*(args + (["--adapter", str(adapter)] if adapter else [])))
+    result = json.loads(out.read_text())
+    return {f: v["pass@1"] for f, v in result["by_phrasing"].items()} | {"all": result["pass@1"]}
+
+
+def run_table(out: Path, table: str, seed: int, results: dict) -> None:
+    arms = TABLES[table]
+    equal = None
+    if table == "teachers":  # every arm's export first: they are cut to the smallest one's rows
+        equal = min(
+            sft_rows(
+                export_arm(out / table / f"{_slug(r)}-s{seed}", [generation(out, g, seed) for g in gens], o)
+            )
+            for r, gens, o in arms
+        )
+    for row, gens, options in arms:  # arm by arm: each finished arm is a row of the table
+        folder = out / table / f"{_slug(row)}-s{seed}"
+        verifies = [generation(out, g, seed) for g in gens]
+        exp = export_arm(folder, verifies, options)
+        dataset = cut_rows(exp, equal, seed) if equal else exp
+        t0 = time.perf_counter()
+        adapter, train_s = train(folder, dataset, seed)
+        scores = score(SMOL, adapter, folder / "test.json")
+        results.setdefault(table, {})[f"{row} | s{seed}"] = {
+            "row": row,
+            "seed": seed,
+            "test": scores,
+            "rows": sft_rows(dataset),
+            "teacher_tokens": sum(teacher_tokens(v) for v in verifies),
+            "train_s": round(train_s),
+            "arm_s": round(time.perf_counter() - t0),
+        }
+        save(out, results)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40]
+
+
+def save(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def report(results: dict) -> str:
+    lines = []
+    for key in ("reference", *TABLES):
+        if key not in results:
+            continue
+        lines += [
+            f"\n### {key}",
+            "| arm | seed | test heldout | test wide | rows | teacher tokens | train s |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in results[key].values():
+            t = r["test"]
+            lines.append(
+                f"| {r['row']} | {r.get('seed', '')} | {t['heldout']:.1%} | {t['wide']:.1%} | {r.get('rows', '')} "
+                f"| {r.get('teacher_tokens', '')} | {r.get('train_s', '')} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", choices=[*TABLES, "all"], default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "exp_teacher")
+    parser.add_argument("--report", action="store_true", help="print the tables from finished arms and stop")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if not args.report:
+        for seed in args.seeds:
+            for table in TABLES if args.table == "all" else [args.table]:
+                run_table(args.out, table, seed, results)
+                reference = results.setdefault("reference", {})
+                for name, model in (("student before training", SMOL), ("teacher (Qwen, greedy)", QWEN)):
+                    path = args.out / f"{_slug(name)}.json"
+                    reference[name] = {"row": name, "test": score(model, None, path)}
+                    save(args.out, results)
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
