@@ -43,8 +43,13 @@ def test_bad_data_exits_2_and_names_the_fix(tmp_path, content, args, expect):
     line = _one_line_error(run_cli("prompts", "--input", str(data), "--output", str(out), *args))
     assert expect in line
     assert not (out / "manifest.json").exists()
+    # Whatever the failed stage left (here: nothing), `status` must list its folder as not done. The folder is
+    # made here so status has a stage to report on: an empty listing would prove nothing.
+    out.mkdir(parents=True, exist_ok=True)
     status = run_cli("status", str(tmp_path / "run"), "--json")
-    assert all(json.loads(r)["status"] != "complete" for r in status.stdout.splitlines())
+    assert status.returncode == 0, status.stderr
+    rows = [json.loads(r) for r in status.stdout.splitlines()]
+    assert rows == [{"name": "prompts", "status": "missing", "rows_out": None, "fingerprint": None}]
 
 
 @pytest.mark.parametrize(

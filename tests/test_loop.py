@@ -106,13 +106,24 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     second = json.loads((run_dir / "loop" / "iter_1" / "train" / "manifest.json").read_text())
     assert second["config"]["adapter"] == summary["history"][0]["adapter"]
     assert summary["history"][1]["train_rows"] > 0
-    # hard negatives: round 0's mined prompts paired with the student's failing answers; round 1 runs DPO
-    pairs = run_dir / "loop" / "iter_0" / "hard-negatives" / "data" / "dpo"
-    if summary["history"][0].get("hard_negative_pairs"):
-        assert store.load_table(pairs).num_rows == summary["history"][0]["hard_negative_pairs"]
-        assert summary["history"][1]["adapter"].endswith("iter_1/train-dpo/adapter")
-    else:
-        assert not pairs.exists()
+    # hard negatives: round 0's mined prompts, each with a verified answer (chosen) and the student's own
+    # failing answer (rejected); round 1 then runs DPO on exactly those pairs and keeps the DPO adapter
+    it0 = run_dir / "loop" / "iter_0"
+    failing = {
+        r["id"]: r["student_completion"].strip() for r in store.load_table(it0 / "mine" / "data").to_pylist()
+    }
+    verified: dict[str, set[str]] = {}
+    for folder in (it0 / "verify", it0 / "verify-more"):
+        for r in store.load_table(folder / "data").to_pylist() if folder.exists() else []:
+            verified.setdefault(r["id"], set()).add(r["completion"].strip())
+    pairs = store.load_table(it0 / "hard-negatives" / "data" / "dpo").to_pylist()
+    assert 0 < len(pairs) == summary["history"][0]["hard_negative_pairs"] <= len(failing)
+    for p in pairs:
+        assert p["rejected"][0]["content"] == failing[p["id"]] != p["chosen"][0]["content"]
+        assert p["chosen"][0]["content"] in verified[p["id"]]
+    dpo = json.loads((run_dir / "loop" / "iter_1" / "train-dpo" / "manifest.json").read_text())
+    assert dpo["mode"] == "dpo" and dpo["dataset"]["rows"] == len(pairs) and dpo["steps"] > 0
+    assert summary["history"][1]["adapter"].endswith("iter_1/train-dpo/adapter")
     first = summary["history"][0]
     assert first["generator"] in ("teacher", "student of round 0")
     assert summary["generation_tokens"] == first["teacher_tokens"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -67,16 +68,28 @@ def test_self_distill_rewrites_and_keeps_originals_that_fail(embedded, tmp_path)
     manifest = self_distill.run(cfg, tmp_path / "in", tmp_path / "out", context=ctx, engine=engine)
     out = store.load_table(tmp_path / "out" / "data").to_pylist()
     assert [r["id"] for r in out] == ["r0", "r1"], "only verified answers are rewritten"
-    stats = manifest["stats"]
-    assert stats["self_distilled"] + stats["kept_original"] == 2
-    assert sum(stats["checks"].values()) == 2
-    for r in out:
-        assert r["original_completion"] in (rows[0]["completion"], rows[1]["completion"])
-        assert r["self_distill_verifier"] in ("math", None)  # arithmetic names the math verifier
-        if not r["self_distilled"]:
-            assert r["completion"] == r["original_completion"]
+    rejected = store.load_table(tmp_path / "out" / "rejected").to_pylist()
+    assert [(r["id"], r["reject_reason"]) for r in rejected] == [("r2", "verify_failed")], "nothing vanishes"
+    assert manifest["rows_in"] == 3 and manifest["rejected_by_reason"] == {"verify_failed": 1}
+    # Whatever the model wrote, each row's outcome must follow from its rewrite: re-derive it here.
+    from pipeline.verifiers.math import MathVerifier
+
+    for r, original in zip(out, rows, strict=False):
+        assert r["original_completion"] == original["completion"] and r["rewrite"] is not None
+        check, rewrite = r["self_distill_check"], r["rewrite"]
+        if check in ("passed", "failed", "undecided"):
+            verdict = MathVerifier().check_one(rewrite, r["reference"], "stop").passed
+            assert check == {True: "passed", False: "failed", None: "undecided"}[verdict]
+            assert r["self_distill_verifier"] == "math"  # the verifier arithmetic names
+        elif check == "shortened":
+            assert 0 < len(rewrite) < cfg.min_length_ratio * len(original["completion"])
         else:
-            assert r["self_distill_check"] == "passed" and r["reference"] in r["completion"]
+            assert (check, bool(rewrite)) in (("empty", False), ("truncated", True))
+        assert r["self_distilled"] == (check == "passed")
+        assert r["completion"] == (rewrite if check == "passed" else r["original_completion"])
+    stats = manifest["stats"]
+    assert stats["self_distilled"] == sum(r["self_distilled"] for r in out)
+    assert stats["checks"] == dict(Counter(r["self_distill_check"] for r in out))
     assert manifest["models"]["original"]["sha256"] == embedded.identity["sha256"]
 
 
@@ -272,3 +285,32 @@ def test_rewrite_prompt_is_pinned():
         "Question: What is 2 + 3?\nReference answer: 5\n\n"
         "Restate the reference answer in your own words. It must end with the same final result."
     )
+
+
+def test_rows_verify_did_not_pass_are_rejected_with_a_reason_not_dropped(tmp_path):
+    q1, q2, q3 = "What is 1 + 1?", "What is 2 + 2?", "What is 3 + 3?"
+    rows = [
+        {**_verified_row(0, "arithmetic", q1, "2", "1 + 1 = 2. Answer: 2"), "verifier": "math"},
+        {
+            **_verified_row(1, "arithmetic", q2, "4", "2 + 2 = 5. Answer: 5"),
+            "verifier": "math",
+            "passed": False,
+        },
+        {**_verified_row(2, "arithmetic", q3, "6", "Six-ish."), "verifier": "math", "passed": None},
+    ]
+    store.save_table(pa.Table.from_pylist(rows), tmp_path / "in" / "data")
+    engine = ScriptedRewriter({q: ("Adding them: 1 + 1 = 2. Answer: 2", "stop") for q in (q1, q2, q3)})
+    ctx = RunContext(student=StudentConfig(model="smollm2-135m-instruct"))
+    manifest = self_distill.run(
+        self_distill.Config(engine="hf"), tmp_path / "in", tmp_path / "out", context=ctx, engine=engine
+    )
+    assert [r["id"] for r in store.load_table(tmp_path / "out" / "data").to_pylist()] == ["r0"]
+    rejected = store.load_table(tmp_path / "out" / "rejected").to_pylist()
+    assert {r["id"]: r["reject_reason"] for r in rejected} == {
+        "r1": "verify_failed",
+        "r2": "verify_undecided",
+    }
+    assert rejected[0]["completion"] == rows[1]["completion"], "rejected rows keep their own columns"
+    assert manifest["rows_in"] == 3 and manifest["rows_out"] == 1
+    assert manifest["rejected_by_reason"] == {"verify_failed": 1, "verify_undecided": 1}
+    assert "not verified, rejected: verify_failed 1, verify_undecided 1" in self_distill.summary(manifest)

@@ -38,6 +38,7 @@ from typing import Literal
 import pyarrow as pa
 
 from pipeline import store, templates
+from pipeline.engines import model_identity
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
 from pipeline.rows import PROMPT_SCHEMA as SCHEMA
@@ -121,7 +122,9 @@ def run(
         "config": _fingerprint_config(config, method),
         "templates": {TEMPLATE: templates.template_hash(TEMPLATE)} if method == "teacher" else {},
         "inputs": [input_ref(input_dir)],
-        "models": {} if method in ARITHMETIC_METHODS else {"teacher": context.teachers[0].model},
+        # the teacher's identity (weights hash, engine options), not only its name: new weights under the
+        # same name write new prompts
+        "models": {} if method in ARITHMETIC_METHODS else {"teacher": model_identity(context.teachers[0])},
     }
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     teacher = context.teachers[0] if method == "teacher" else None

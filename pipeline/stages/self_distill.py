@@ -20,7 +20,10 @@ working, and that check passes; otherwise the verified original answer stays (th
 A used rewrite gets its own `finish_reason` and `completion_tokens`; the teacher's `topk_ids` /
 `topk_logprobs` belong to the original text, so they are cleared (a `kd` export then skips the row).
 
-Input: verified rows (`verify` output) or any dataset with `messages`/`prompt` and `completion`.
+Input: verified rows (`verify` output) or any dataset with `messages`/`prompt` and `completion`. Only
+answers verify passed are rewritten (a student should learn only those): a row whose `passed` is false goes
+to `rejected/` as `verify_failed`, one whose `passed` is null as `verify_undecided`, each counted in the
+manifest's `rejected_by_reason`.
 Output: the same rows with `completion` replaced by the rewrite where it passed, plus
 `original_completion`, `rewrite` (the cleaned rewrite, used or not), `self_distilled` (bool),
 `self_distill_check` and `self_distill_verifier`.
@@ -45,7 +48,10 @@ from pipeline.recipe import RunContext
 from pipeline.stages import Stage, input_ref, input_table, require_columns
 
 STAGE = "self-distill"
-VERSION = "3"  # 2: task verifiers, cleaned rewrites, fresh columns; 3: shortened rewrites rejected
+# 2: task verifiers, cleaned rewrites, fresh columns; 3: shortened rewrites rejected; 4: unverified input rows
+# go to rejected/ (they were dropped before sharding, so shards of 3 cover other rows), the critic's weights
+# hash is in the fingerprint
+VERSION = "4"
 TEMPLATE = "self_distill.jinja"
 ADDED = [
     ("original_completion", pa.string()),
@@ -180,8 +186,6 @@ def run(
     rows = input_table(input_dir)
     require_columns(rows, ["id", "completion"], STAGE, input_dir)
     rows = rows.drop_columns([n for n, _ in ADDED if n in rows.column_names])
-    if "passed" in rows.column_names:  # rewrite only what a student should learn
-        rows = rows.filter(pc.equal(rows.column("passed"), True))
     has_critic = critic_engine is not None or context.critic is not None
     resolved = resolve(model)
     parts = {
@@ -194,7 +198,9 @@ def run(
         "sampling": {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": config.seed},
     }
     if context.critic is not None:
-        parts["models"]["critic"] = {"model": context.critic.model, "engine": context.critic.engine}
+        from pipeline.engines import model_identity
+
+        parts["models"]["critic"] = model_identity(context.critic)
     st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     schema = rows.schema
     for name, kind in ADDED:
@@ -260,6 +266,7 @@ class SelfDistillStage(Stage):
         from pipeline.engines import GenRequest
 
         config, schema = self.config, self.schema
+        shard, rejected = _verified(shard)
         items = shard.to_pylist()
         requests = [
             GenRequest(
@@ -309,13 +316,27 @@ class SelfDistillStage(Stage):
             "checks": dict(counts),
             "tokens": {"prompt": sum(res.prompt_tokens for res in results), "completion": tokens},
         }
-        return store.ShardOutput(data=pa.Table.from_pylist(out, schema=schema), stats=stats)
+        return store.ShardOutput(
+            data=pa.Table.from_pylist(out, schema=schema), rejected=rejected, stats=stats
+        )
 
     def close(self) -> None:
         for engine in self.__dict__.get("_owned", []):
             engine.close()
         self.__dict__.get("_owned", []).clear()
         self.__dict__["_ready"] = {"rewriter": None, "critic": None}
+
+
+def _verified(shard: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """The rows verify passed (the ones to rewrite), and the others with their `reject_reason`."""
+    if "passed" not in shard.column_names:
+        return shard, None
+    passed = pc.fill_null(shard.column("passed"), False)
+    others = shard.filter(pc.invert(passed))
+    reasons = [
+        "verify_undecided" if p is None else "verify_failed" for p in others.column("passed").to_pylist()
+    ]
+    return shard.filter(passed), others.append_column("reject_reason", pa.array(reasons, pa.string()))
 
 
 def _fresh_columns(sample, text: str, count_tokens) -> dict:
@@ -365,7 +386,9 @@ def _check(
 def summary(manifest: dict) -> str:
     stats = manifest.get("stats", {})
     checks = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("checks", {}).items()))
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(manifest.get("rejected_by_reason", {}).items()))
     return (
         f"{stats.get('self_distilled', 0)} answers rewritten, {stats.get('kept_original', 0)} kept as they were"
         + (f" (rewrite checks: {checks})" if checks else "")
+        + (f"; not verified, rejected: {rejected}" if rejected else "")
     )
