@@ -149,7 +149,7 @@ def retry(stage_dir: str | Path, executor=None) -> dict | None:
         return manifest
     st, progress = store.open_stage(stage_dir)
     stage = st.load_stage()
-    if stage is None or not (st.shards_dir / "input.arrow").exists():
+    if stage is None or not st.has_input():
         raise UserError(
             f"{stage_dir}: this stage ({progress['stage']}) saved no stage object; rerun its command instead"
         )

@@ -1,4 +1,11 @@
-"""Stage directories: shards with .done markers, manifests written last, fingerprints, resume.
+"""Stage directories: shards with .done markers, manifests written last, resume.
+
+One job per module: this one owns a stage's folder (`StageStore`: shards, markers, progress record,
+manifest); what a fingerprint covers is pipeline/fingerprint.py, reading and writing Arrow tables is
+pipeline/tables.py, and choosing which shards run where is pipeline/sharding.py (`run_sharded`). The names
+stages have always called (`store.load_table`, `store.run_sharded`, `store.sha256_text`, ...) stay here too.
+Only this module reads a stage's private files under `shards/`; others ask it (`open_stage`, `in_flight`,
+`stage_status`).
 
 Layout of one stage (see DESIGN.md):
 
@@ -26,11 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,46 +44,26 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import RetryPending, UserError
+from pipeline.errors import UserError
+from pipeline.fingerprint import (  # noqa: F401 - canonical_json, sha256_text, redact: callers use store.*
+    EXECUTION_KEYS,
+    SECRET_KEY,
+    canonical_json,
+    differing_fields,
+    fingerprint_of,
+    identity_of,
+    redact,
+    same_identity,
+    sha256_text,
+)
+from pipeline.sharding import run_sharded  # noqa: F401 - the name stages call: store.run_sharded
+from pipeline.tables import concat, load_table, read_ipc, save_table, write_ipc  # noqa: F401 - store.load_table
 
 MANIFEST = "manifest.json"
-EXECUTION_KEYS = ("shard_size",)
-# A key is secret when its last word is one of these (api_key, hf_token; not max_tokens or api_key_env).
-SECRET_KEY = re.compile(r"(^|_)(key|token|secret|password|apikey)$", re.IGNORECASE)
 RUN_ID = f"{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def fingerprint_of(parts: dict) -> str:
-    return sha256_text(canonical_json(identity_of(parts)))
-
-
-def identity_of(parts: dict) -> dict:
-    """What a fingerprint covers: the parts, with each input known by its fingerprint, not by its path (a
-    run folder that is moved or copied keeps its identity; manifests still record the paths)."""
-    inputs = parts.get("inputs")
-    if not isinstance(inputs, list):
-        return parts
-    return {
-        **parts,
-        "inputs": [{k: v for k, v in i.items() if k != "path"} if isinstance(i, dict) else i for i in inputs],
-    }
-
-
-def same_identity(a: dict, b: dict) -> bool:
-    """Whether two sets of fingerprint parts name the same work (also for manifests written when the
-    fingerprint still covered input paths)."""
-    return canonical_json(identity_of(a)) == canonical_json(identity_of(b))
 
 
 def now_iso() -> str:
@@ -92,15 +77,6 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def redact(obj):
-    """Drop values of keys that look like secrets (api keys, tokens) before they reach a manifest."""
-    if isinstance(obj, dict):
-        return {k: ("<redacted>" if SECRET_KEY.search(k) and v else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def host_info() -> dict:
@@ -144,60 +120,6 @@ def add_counts(total: dict, more: dict) -> dict:
         else:
             total.setdefault(k, v)
     return total
-
-
-# --------------------------------------------------------------------------- tables on disk
-
-
-def save_table(table: pa.Table, folder: Path) -> None:
-    """Write a table as a `datasets` folder (load_from_disk works; the .arrow file is plain Arrow IPC)."""
-    from datasets import Dataset, disable_progress_bars
-
-    disable_progress_bars()
-    tmp = folder.with_name(f".{folder.name}.tmp.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    Dataset(table).save_to_disk(str(tmp))
-    if not any(tmp.glob("data-*.arrow")):
-        # `datasets` writes no data file for zero rows, and then neither it nor we can read the folder back:
-        # write one and list it, so an empty stage reads back (with its schema) like any other.
-        _write_ipc(table, tmp / "data-00000-of-00001.arrow")
-        state = json.loads((tmp / "state.json").read_text())
-        state["_data_files"] = [{"filename": "data-00000-of-00001.arrow"}]
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
-def load_table(folder: Path) -> pa.Table:
-    """Read a folder written by save_table (or any datasets.save_to_disk folder) as one Arrow table."""
-    files = sorted(Path(folder).glob("data-*.arrow"))
-    if not files:
-        raise UserError(
-            f"{folder} holds no Arrow data; point at a stage folder or a datasets.save_to_disk folder"
-        )
-    tables = []
-    for f in files:
-        with pa.memory_map(str(f)) as source:
-            tables.append(pa.ipc.open_stream(source).read_all())
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-
-
-def _write_ipc(table: pa.Table, path: Path) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
-def _read_ipc(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_stream(source).read_all()
-
-
-def concat(tables: list[pa.Table]) -> pa.Table | None:
-    tables = [t for t in tables if t is not None]
-    if not tables:
-        return None
-    non_empty = [t for t in tables if t.num_rows] or tables[:1]
-    return pa.concat_tables(non_empty, promote_options="permissive")
 
 
 # --------------------------------------------------------------------------- the stage store
@@ -310,7 +232,7 @@ class StageStore:
             os.replace(tmp, self.shards_dir / "stage.pkl")
         if rows is not None and not (self.shards_dir / "input.arrow").exists():
             tmp = self.shards_dir / f".input.arrow.tmp.{os.getpid()}"
-            _write_ipc(rows, tmp)
+            write_ipc(rows, tmp)
             os.replace(tmp, self.shards_dir / "input.arrow")
         progress = self._read_progress()
         if progress is not None:
@@ -365,10 +287,10 @@ class StageStore:
         named = {}
         for f in sorted(d.glob("table-*.arrow")):
             name = f.name[len("table-") : -len(".arrow")]
-            named[name] = concat([_read_ipc(f), (out.tables or {}).get(name)])
-        old_rejected = _read_ipc(d / "rejected.arrow") if (d / "rejected.arrow").exists() else None
+            named[name] = concat([read_ipc(f), (out.tables or {}).get(name)])
+        old_rejected = read_ipc(d / "rejected.arrow") if (d / "rejected.arrow").exists() else None
         joined = ShardOutput(
-            data=concat([_read_ipc(d / "data.arrow"), out.data]),
+            data=concat([read_ipc(d / "data.arrow"), out.data]),
             rejected=concat([old_rejected, out.rejected]),
             stats=add_counts(old["stats"], out.stats),
             tables=named or out.tables,
@@ -385,14 +307,14 @@ class StageStore:
         tmp = self.shards_dir / f".{index:05d}.tmp.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _write_ipc(out.data, tmp / "data.arrow")
+        write_ipc(out.data, tmp / "data.arrow")
         if out.rejected is not None:
-            _write_ipc(out.rejected, tmp / "rejected.arrow")
+            write_ipc(out.rejected, tmp / "rejected.arrow")
         for name, table in (out.tables or {}).items():
-            _write_ipc(table, tmp / f"table-{name}.arrow")
+            write_ipc(table, tmp / f"table-{name}.arrow")
         if out.retry_rows:
             if out.retry is not None:
-                _write_ipc(out.retry, tmp / "retry.arrow")
+                write_ipc(out.retry, tmp / "retry.arrow")
             (tmp / ".retry").write_text(json.dumps(out.retry_rows))
         write_json_atomic(tmp / "stats.json", {"stats": out.stats, "wall_s": wall_s, "run_id": RUN_ID})
         # Another worker may have finished the same shard (a retried Ray task whose first try was only
@@ -414,8 +336,12 @@ class StageStore:
 
         return cloudpickle.loads(path.read_bytes())
 
+    def has_input(self) -> bool:
+        """Whether `begin` saved the input rows (a stage object's run; workers and `distill retry` read them)."""
+        return (self.shards_dir / "input.arrow").exists()
+
     def load_input(self) -> pa.Table:
-        return _read_ipc(self.shards_dir / "input.arrow")
+        return read_ipc(self.shards_dir / "input.arrow")
 
     def finalize(self, stage=None, keep_failed: bool = False) -> dict:
         """Join all shards into data/ and rejected/, then write the manifest (last, atomically).
@@ -438,13 +364,13 @@ class StageStore:
         named: dict[str, list] = {}
         for i in range(n):
             d = self.shard_dir(i)
-            datas.append(_read_ipc(d / "data.arrow"))
+            datas.append(read_ipc(d / "data.arrow"))
             if (d / "rejected.arrow").exists():
-                rejects.append(_read_ipc(d / "rejected.arrow"))
+                rejects.append(read_ipc(d / "rejected.arrow"))
             if keep_failed and (d / "retry.arrow").exists():
-                rejects.append(_read_ipc(d / "retry.arrow"))
+                rejects.append(read_ipc(d / "retry.arrow"))
             for f in sorted(d.glob("table-*.arrow")):
-                named.setdefault(f.name[len("table-") : -len(".arrow")], []).append(_read_ipc(f))
+                named.setdefault(f.name[len("table-") : -len(".arrow")], []).append(read_ipc(f))
             s = json.loads((d / "stats.json").read_text())
             per_shard.append(s["stats"])
             add_counts(stats, json.loads(json.dumps(s["stats"])))
@@ -463,7 +389,7 @@ class StageStore:
             for i in range(n):
                 f = self.shard_dir(i) / "retry.arrow"
                 if f.exists():
-                    for reason in _read_ipc(f).column("reject_reason").to_pylist():
+                    for reason in read_ipc(f).column("reject_reason").to_pylist():
                         rejected_by_reason[reason] = rejected_by_reason.get(reason, 0) + 1
         if rejected is not None:
             save_table(rejected, self.out_dir / "rejected")
@@ -517,19 +443,6 @@ def open_stage(stage_dir: Path) -> tuple[StageStore, dict]:
     return st, progress
 
 
-def differing_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted paths of the fingerprint parts that differ, e.g. ['config.temperature']."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        path = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differing_fields(a, b, path + ".")
-        elif canonical_json(a) != canonical_json(b):
-            out.append(path)
-    return out
-
-
 def read_manifest(stage_dir: Path) -> dict | None:
     try:
         return json.loads((Path(stage_dir) / MANIFEST).read_text())
@@ -547,58 +460,9 @@ def default_num_shards(num_rows: int, shard_size: int) -> int:
     return max(1, -(-num_rows // max(1, shard_size)))
 
 
-def run_sharded(
-    store: StageStore,
-    rows: pa.Table,
-    work,
-    *,
-    num_shards: int,
-    shard_index: int | None = None,
-    executor=None,
-) -> dict | None:
-    """Run the shards that are not done yet, then join them and write the manifest.
-
-    `work` is a stage object (`work(shard, index)`, `summarize(shard_stats)`; what executors ship) or a plain
-    function `work(shard, index) -> ShardOutput` (runs in this process only; it adds no manifest
-    fields). `executor` (pipeline/executors.py) decides where shards run; the default runs them here, one
-    after another. With `shard_index`, only that shard runs and the manifest is written
-    only if every shard is now done (`distill merge` joins the shards of a run whose last shard ran
-    elsewhere). Returns the manifest, or None when shards remain. Raises RetryPending when every shard ran
-    but some rows failed for a transient reason (a rerun retries just those rows).
-    """
-    done = store.completed_manifest()
-    if done is not None:
-        return done
-    if shard_index is not None and not 0 <= shard_index < num_shards:
-        raise UserError(f"--shard-index {shard_index} is out of range; use 0..{num_shards - 1}")
-    is_stage = hasattr(work, "work")
-    store.begin(num_shards, rows.num_rows, work if is_stage else None, rows if is_stage else None)
-    todo = [shard_index] if shard_index is not None else list(range(num_shards))
-    todo = [i for i in todo if not store.shard_done(i)]
-    if todo:
-        if executor is None or getattr(executor, "name", "local") == "local":
-            for i in todo:
-                store.run_shard(work, rows, num_shards, i)
-        else:
-            if not is_stage:
-                raise UserError(
-                    f"{store.stage}: this stage runs only with --executor local (it is not a stage object)"
-                )
-            finished = executor.run(store, num_shards, todo)
-            if not finished:
-                return None  # submitted without waiting: `distill merge` finishes the stage later
-    pending = store.pending(num_shards)
-    if pending:
-        waiting = [i for i in pending if store.shard_retry(i) is not None]
-        if shard_index is None and waiting and len(waiting) == len(pending):
-            owed = sum(len(store.shard_retry(i)) for i in waiting)
-            raise RetryPending(
-                f"{store.out_dir}: {owed} rows failed for a transient reason (server errors, timeouts); "
-                f"rerun the same command or `distill retry {store.out_dir}` to retry them, or "
-                f"`distill merge {store.out_dir} --keep-failed` to finish without them"
-            )
-        return None
-    return store.finalize(work if is_stage else None)
+def in_flight(stage_dir: Path) -> bool:
+    """Whether a stage has started (its shards are in flight) and has no manifest yet."""
+    return (Path(stage_dir) / "shards" / "progress.json").exists() and read_manifest(stage_dir) is None
 
 
 def stage_status(stage_dir: Path) -> dict:

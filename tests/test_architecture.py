@@ -140,3 +140,16 @@ def test_engines_and_evaluation_do_not_import_training():
         assert edges_between(graph, layer, "pipeline.train") == []
         assert edges_between(graph, layer, "pipeline.stages") == []
         assert edges_between(graph, layer, "pipeline.runner") == []
+
+
+def test_only_the_store_reads_its_private_files():
+    """`shards/progress.json`, `input.arrow` and `stage.pkl` are the store's: other modules ask it."""
+    private = ("progress.json", "input.arrow", "stage.pkl")
+    readers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "store.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in private:
+                readers.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value}")
+    assert readers == []

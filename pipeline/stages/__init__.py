@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import UserError
-from pipeline.store import ShardOutput, load_table, read_manifest
+from pipeline.store import ShardOutput, in_flight, load_table, read_manifest
 
 
 class Stage:
@@ -61,7 +61,7 @@ def input_table(path: str | Path) -> pa.Table:
             f"input {path} does not exist; pass a stage folder, a datasets folder, .jsonl or .parquet"
         )
     if p.is_dir():
-        if (p / "shards" / "progress.json").exists() and read_manifest(p) is None:
+        if in_flight(p):
             raise UserError(
                 f"input {path} is an unfinished stage; finish it first, or run `distill merge {path}`"
             )
