@@ -153,3 +153,22 @@ def test_only_the_store_reads_its_private_files():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in private:
                 readers.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value}")
     assert readers == []
+
+
+def test_the_writer_a_missing_column_error_names_declares_that_column():
+    """`require_columns` names the stage that writes a missing column (stages.WRITTEN_BY); that stage's
+    declared `writes` must hold it, so the error never sends a user to the wrong stage."""
+    import importlib
+
+    from pipeline.recipe import STAGE_MODULES
+    from pipeline.stages import WRITTEN_BY, Stage
+
+    writes = {}
+    for name, module in STAGE_MODULES.items():
+        mod = importlib.import_module(f"pipeline.stages.{module}")
+        classes = [
+            c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, Stage) and c is not Stage
+        ]
+        writes[name] = {col for c in classes if c.__module__ == mod.__name__ for col in c.writes}
+    wrong = {col: stage for col, stage in WRITTEN_BY.items() if col not in writes[stage.split(" ")[0]]}
+    assert wrong == {}

@@ -114,3 +114,14 @@ def test_prompts_stage_end_to_end(tmp_path):
         json.loads(line) for line in run_cli("status", str(tmp_path / "r"), "--json").stdout.splitlines()
     ]
     assert row["name"] == "prompts" and row["status"] == "complete" and row["rows_out"] == 25
+
+
+def test_a_stage_fed_the_wrong_folder_names_the_stage_that_writes_the_missing_column(tmp_path):
+    prompts_dir = tmp_path / "run" / "00-prompts"
+    assert (
+        run_cli("prompts", "--task", "arithmetic", "--n", "3", "--output", str(prompts_dir)).returncode == 0
+    )
+    line = _one_line_error(run_cli("verify", "--input", str(prompts_dir), "--output", str(tmp_path / "v")))
+    assert "the output of prompts, lacks column(s) completion (written by generate)" in line
+    assert line.endswith("feed it the output of generate")
+    assert not (tmp_path / "v" / "manifest.json").exists()

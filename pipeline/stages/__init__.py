@@ -21,6 +21,27 @@ import pyarrow as pa
 from pipeline.errors import UserError
 from pipeline.store import ShardOutput, in_flight, load_table, read_manifest
 
+# The stage that writes each column of the row schemas (DESIGN.md, "Row schemas"): a stage whose input lacks
+# a column names it, so the fix ("feed it the output of generate") is in the error.
+WRITTEN_BY = {
+    **dict.fromkeys(("id", "task", "messages", "prompt", "reference", "meta"), "prompts"),
+    **dict.fromkeys(
+        (
+            "sample_index",
+            "completion",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+            "teacher",
+            "seed",
+        ),
+        "generate",
+    ),
+    **dict.fromkeys(("topk_ids", "topk_logprobs"), "generate (with logprobs)"),
+    **dict.fromkeys(("passed", "score", "verifier", "reason"), "verify"),
+    **dict.fromkeys(("student_pass_rate", "student_completion"), "mine"),
+}
+
 
 class Stage:
     """The unit an executor ships: configuration plus `work` and `summarize`, no open resources.
@@ -93,11 +114,20 @@ def input_ref(path: str | Path) -> dict:
 
 
 def require_columns(table: pa.Table, columns: list[str], stage: str, source: str | Path) -> None:
+    """Check a stage's input before any work: each missing column is named with the stage that writes it."""
     missing = [c for c in columns if c not in table.column_names]
     if missing:
+        writers = [WRITTEN_BY.get(c) for c in missing]
+        named = ", ".join(f"{c} (written by {w})" if w else c for c, w in zip(missing, writers, strict=True))
+        manifest = read_manifest(Path(source)) if Path(source).is_dir() else None
+        origin = f", the output of {manifest['stage']}," if manifest else ""
+        writer = next((w for w in writers if w), None)
+        fix = (
+            f"feed it the output of {writer}" if writer else f"feed it the output of the stage before {stage}"
+        )
         raise UserError(
-            f"{stage}: input {source} lacks column(s) {', '.join(missing)} (has: {', '.join(table.column_names)}); "
-            f"feed it the output of the stage before {stage}"
+            f"{stage}: input {source}{origin} lacks column(s) {named} (has: {', '.join(table.column_names)}); "
+            f"{fix}"
         )
     if table.num_rows == 0:
         raise UserError(f"{stage}: input {source} has no rows; check the previous stage's rejected/ folder")
