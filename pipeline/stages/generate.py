@@ -542,9 +542,6 @@ class _Progress:
             self.bar = None
 
 
-GenerateConfig = Config  # the name other modules and the docs use
-
-
 def summary(manifest: dict) -> str:
     tokens = manifest["tokens"]
     rejected = sum(manifest.get("rejected_by_reason", {}).values())
