@@ -75,7 +75,11 @@ def render_turns(template: str, **variables) -> list[dict]:
     for t in turns:
         t["content"] = t["content"].strip()
     roles = [t["role"] for t in turns]
-    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) or any(not t["content"] for t in turns):
+    if (
+        not turns
+        or roles != ["user", "assistant"] * (len(turns) // 2)
+        or any(not t["content"] for t in turns)
+    ):
         raise UserError(
             f"prompt template prompts/{template} must hold '### user' / '### assistant' pairs, each with text"
         )
