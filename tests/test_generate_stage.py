@@ -202,3 +202,51 @@ def test_sigkill_midway_resumes_only_missing_shards(vllm_engine, tmp_path):
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == 96  # no duplicate and no missing (id, sample_index)
     assert not (out / "shards").exists()
+
+
+def test_vllm_progress_reports_tokens_as_they_are_made(vllm_engine):
+    """Tokens reach the progress callback step by step, long before the first prompt's samples are done;
+    the totals are exact at the end."""
+    from pipeline.engines import GenRequest
+
+    reqs = [
+        GenRequest(
+            id=str(i),
+            messages=[{"role": "user", "content": f"Count to {i + 20}."}],
+            n=2,
+            temperature=0.8,
+            max_tokens=24,
+        )
+        for i in range(8)
+    ]
+    calls = []
+    results = vllm_engine.generate(reqs, progress=lambda samples, tokens: calls.append((samples, tokens)))
+    assert sum(s for s, _ in calls) == 16
+    assert sum(t for _, t in calls) == sum(s.completion_tokens for r in results for s in r.samples)
+    first_sample = next(k for k, (samples, _) in enumerate(calls) if samples)
+    assert sum(t for _, t in calls[:first_sample]) >= 8 * 2 * 5  # several decode steps of every sample
+    assert all(t >= 0 for _, t in calls)
+
+
+def test_unseeded_run_records_no_seed(vllm_engine, tmp_path):
+    inp = _write_prompts(tmp_path / "p.jsonl", 4)
+    cfg = generate.Config(
+        n=2, temperature=0.8, max_tokens=4, seed=None, system_template="system/default.jinja"
+    )
+    manifest = _run(cfg, inp, tmp_path / "g", vllm_engine)
+    assert manifest["seeded"] is False and manifest["sampling"]["seed"] is None
+    assert "unseeded" in generate.summary(manifest)
+    assert load_from_disk(str(tmp_path / "g" / "data"))["seed"] == [None] * 8
+
+
+def test_progress_bar_shows_tokens_rate_and_eta(monkeypatch):
+    bar = generate._Progress(enabled=True)
+    bar.start(samples=10, max_tokens=50)
+    monkeypatch.setattr(generate.time, "perf_counter", lambda: bar.t0 + 2.0)
+    bar.update(0, 100)  # tokens of samples still in flight
+    text = bar.postfix(bar.t0 + 2.0)
+    # 100 tokens in 2 s; no sample done yet, so each is taken at max_tokens: (10 * 50 - 100) / 50 = 8 s left.
+    assert text == "100 tok, 50 tok/s, ETA 0:08"
+    bar.update(5, 0)
+    assert bar.bar.n == 5 and bar.postfix(bar.t0 + 2.0) == "100 tok, 50 tok/s, ETA 0:02"
+    bar.close()
