@@ -440,7 +440,7 @@ def run_loop(
             generator_context = dataclasses.replace(context, teachers=[generator])
             ready = {generator.label: generator_engine} if generator_engine is not None else None
             log(f"[distill] loop {k}: {metrics['generator']} answers the new prompts")
-            gen_cfg = dataclasses.replace(gen_config, seed=gen_config.seed + 1000 * (k + 1))
+            gen_cfg = dataclasses.replace(gen_config, seed=_shift(gen_config.seed, 1000 * (k + 1)))
             gen = generate.run(gen_cfg, answer_dir, it / "generate", context=generator_context, engines=ready)
             tokens_used += gen["tokens"]["completion"]
             verify.run(_stage_config(recipe, "verify"), it / "generate", it / "verify", context=context)
@@ -455,7 +455,7 @@ def run_loop(
             ]
             if more > 0 and short:
                 store.save_table(regenerated.take(pa.array(short, pa.int64())), it / "hard-prompts" / "data")
-                more_cfg = dataclasses.replace(gen_cfg, n=more, seed=gen_cfg.seed + 1)
+                more_cfg = dataclasses.replace(gen_cfg, n=more, seed=_shift(gen_cfg.seed, 1))
                 gen = generate.run(
                     more_cfg,
                     it / "hard-prompts",
@@ -500,3 +500,8 @@ def run_loop(
     }
     store.write_json_atomic(loop_dir / "summary.json", summary)
     return summary
+
+
+def _shift(seed: int | None, by: int) -> int | None:
+    """A new round's sampling seed; an unseeded generate stage (`seed: null`) stays unseeded."""
+    return None if seed is None else seed + by
