@@ -1,6 +1,6 @@
 """Run a stage's shards: the ones not done yet, here or through an executor, then the join.
 
-`run_sharded(store, rows, stage)` is what every stage's `run()` ends with. The store
+`run_sharded(store, rows, stage)` is what every stage's `run()` ends with (through `Stage.run_shards`). The store
 (pipeline/store.py) owns the folder, the markers and the manifest; this module only decides which shards
 still run and hands them to the executor (pipeline/executors.py: local by default, Ray or a Slurm array),
 then asks the store to join them.

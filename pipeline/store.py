@@ -15,7 +15,8 @@ Layout of one stage (see DESIGN.md):
       shards/         work in progress: <i>/ folders, each with .done when finished; removed at the end
       manifest.json   written last, atomically
 
-A stage calls `run_sharded(store, rows, stage)`: the rows are cut into contiguous shards, `stage.work` runs
+A stage's `run()` ends with `stage.run_shards(rows, output, parts)` (pipeline/stages/__init__.py), which opens
+the folder here and calls `run_sharded` (pipeline/sharding.py): the rows are cut into contiguous shards, `stage.work` runs
 on each shard that has no `.done` (in this process, or on a Ray cluster or Slurm array: see
 pipeline/executors.py), and once every shard is done the shards are joined into `data/` + `rejected/` and
 the manifest is written: the common fields here, the stage's own from `stage.summarize(shard stats)`. The

@@ -172,3 +172,23 @@ def test_the_writer_a_missing_column_error_names_declares_that_column():
         writes[name] = {col for c in classes if c.__module__ == mod.__name__ for col in c.writes}
     wrong = {col: stage for col, stage in WRITTEN_BY.items() if col not in writes[stage.split(" ")[0]]}
     assert wrong == {}
+
+
+def test_every_stage_opens_through_the_base_class():
+    """The opening and close every stage repeats (its folder, the shards, freeing engines) is written once, in
+    `Stage.open` / `Stage.run_shards`; a stage module that builds a StageStore or calls run_sharded is a copy."""
+    copies = []
+    for path in sorted((PACKAGE / "stages").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = (
+                node.attr
+                if isinstance(node, ast.Attribute)
+                else node.id
+                if isinstance(node, ast.Name)
+                else None
+            )
+            if name in ("run_sharded", "StageStore"):
+                copies.append(f"{path.name}:{node.lineno} {name}")
+    assert copies == []

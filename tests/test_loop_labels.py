@@ -131,7 +131,9 @@ def test_teacher_regeneration_keeps_labelled_answers_and_rejects_with_reasons(tm
     manifest = regenerate.run(config, tmp_path / "mine", tmp_path / "regen", context=context, engine=teacher)
     from pipeline.models import resolve
 
-    assert manifest["models"]["teacher"]["identity"] == resolve("smollm2-135m-instruct").identity, "weights hash"
+    assert manifest["models"]["teacher"]["identity"] == resolve("smollm2-135m-instruct").identity, (
+        "weights hash"
+    )
 
     shown = teacher.requests[0].messages[0]["content"]  # PGKD: the teacher sees the failure itself
     assert hard[0]["prompt"] in shown and "I think it is neutral." in shown and "Positive, Negative" in shown

@@ -19,7 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import UserError
-from pipeline.store import ShardOutput, in_flight, load_table, read_manifest
+from pipeline.sharding import run_sharded
+from pipeline.store import ShardOutput, StageStore, in_flight, load_table, read_manifest
 
 # The stage that writes each column of the row schemas (DESIGN.md, "Row schemas"): a stage whose input lacks
 # a column names it, so the fix ("feed it the output of generate") is in the error.
@@ -48,13 +49,55 @@ class Stage:
 
     Attributes whose names start with `_` (loaded engines, progress bars) stay in the process that made
     them: they are dropped when the stage is pickled for a worker, which loads its own on first use.
+
+    Every stage's `run()` has the same opening and close, written once here: `read(input)` loads the input
+    and checks the columns the stage `requires` (naming the stage that writes a missing one), and
+    `run_shards(rows, output, parts)` opens the stage's folder under its identity (`parts`: what the
+    fingerprint covers), runs the shards not done yet (here, or where an executor says) and frees what
+    `work` loaded, also on error. What differs between stages (their identity, how the rows are prepared) is
+    all that is left in their `run()`.
     """
 
     name: str = "stage"
     version: str = "1"
-    reads: tuple[str, ...] = ()  # input columns `work` relies on
+    requires: tuple[str, ...] = ()  # input columns a run cannot start without (checked by `read`)
+    reads: tuple[str, ...] = ()  # columns of the shard rows `work` relies on
     writes: tuple[str, ...] = ()  # columns it adds
     gpus: int = 0  # GPUs one worker needs (an executor places it on that many)
+
+    @classmethod
+    def read(cls, input_dir: str | Path) -> pa.Table:
+        """The input rows (a stage folder, a datasets folder, JSONL or Parquet), checked for `requires`."""
+        rows = input_table(input_dir)
+        require_columns(rows, list(cls.requires), cls.name, input_dir)
+        return rows
+
+    @classmethod
+    def open(cls, output_dir: str | Path, parts: dict, overwrite: bool = False) -> StageStore:
+        """The stage's folder under its identity (refuses a different run there unless `overwrite`)."""
+        return StageStore(Path(output_dir), cls.name, cls.version, parts, overwrite=overwrite)
+
+    def run_shards(
+        self,
+        rows: pa.Table,
+        output_dir: str | Path,
+        parts: dict,
+        *,
+        num_shards: int,
+        shard_index: int | None = None,
+        overwrite: bool = False,
+        executor=None,
+        store: StageStore | None = None,
+    ) -> dict | None:
+        """Run the shards of `rows` that are not done yet and join them into the manifest (None while shards
+        remain). `store` is the folder when the caller opened it already (to skip a finished stage early)."""
+        st = store or self.open(output_dir, parts, overwrite)
+        try:
+            return run_sharded(
+                st, rows, self, num_shards=num_shards, shard_index=shard_index, executor=executor
+            )
+        finally:
+            self.close()
 
     def work(self, shard: pa.Table, index: int) -> ShardOutput:
         raise NotImplementedError

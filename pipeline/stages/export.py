@@ -28,7 +28,7 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.errors import UserError
 from pipeline.rows import MESSAGES, messages_of
-from pipeline.stages import Stage, input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref
 
 STAGE = "export"
 VERSION = "1"
@@ -141,13 +141,12 @@ def run(
         "inputs": [input_ref(input_dir)],
         "models": {"scorer": scorer.identity} if scorer else {},
     }
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
+    st = ExportStage.open(output_dir, parts, overwrite)
     done = st.completed_manifest()
     if done is not None:
         return done
 
-    table = input_table(input_dir)
-    require_columns(table, READS, STAGE, input_dir)
+    table = ExportStage.read(input_dir)
     if "messages" not in table.column_names and "prompt" not in table.column_names:
         raise UserError(
             f"export: input {input_dir} has neither `messages` nor `prompt`; feed it verify output"
@@ -157,7 +156,9 @@ def run(
     if shard_index not in (None, 0):
         raise UserError("export runs as one shard; drop --shard-index (or pass --shard-index 0)")
     stage = ExportStage(config, failing, scorer)
-    return store.run_sharded(st, table, stage, num_shards=1, shard_index=shard_index, executor=executor)
+    return stage.run_shards(
+        table, output_dir, parts, num_shards=1, shard_index=shard_index, executor=executor, store=st
+    )
 
 
 class ExportStage(Stage):
@@ -165,7 +166,8 @@ class ExportStage(Stage):
 
     name = STAGE
     version = VERSION
-    reads = tuple(READS)
+    requires = tuple(READS)
+    reads = requires
     writes = ("sft", "dpo", "kd")
 
     def __init__(self, config: Config, failing: pa.Table | None, scorer=None) -> None:

@@ -39,7 +39,7 @@ from pipeline.engines import load_teacher, teacher_identity
 from pipeline.errors import UserError
 from pipeline.recipe import ModelConfig, RunContext
 from pipeline.rows import MESSAGES, PROMPT_SCHEMA, messages_of
-from pipeline.stages import Stage, input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref
 
 STAGE = "generate"
 VERSION = "1"  # bump when the code changes what this stage writes
@@ -156,8 +156,7 @@ def run(
     teachers = list(context.teachers)
     if not teachers:
         raise UserError("generate: no teacher; set `teacher:` in the recipe or pass --teacher MODEL")
-    rows = input_table(input_dir)
-    require_columns(rows, ["id"], STAGE, input_dir)
+    rows = GenerateStage.read(input_dir)
     if "messages" not in rows.column_names and "prompt" not in rows.column_names:
         raise UserError(f"generate: input {input_dir} needs a `messages` or `prompt` column")
     rows = _prompt_columns(rows)
@@ -181,7 +180,7 @@ def run(
             for k in ("n", "temperature", "top_p", "max_tokens", "stop", "seed", "logprobs")
         },
     }
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
+    st = GenerateStage.open(output_dir, parts, overwrite)
 
     # Teacher-major work list: shard i belongs to one teacher when num_shards is a multiple of the teachers.
     labels = [tc.label for tc in teachers]
@@ -192,22 +191,24 @@ def run(
     n_shards = num_shards or per_teacher * len(teachers)
 
     stage = GenerateStage(config, teachers, system_texts, engines=engines, progress=progress)
-    try:
-        if st.completed_manifest() is None and (executor is None or executor.name == "local"):
-            todo = [shard_index] if shard_index is not None else range(n_shards)
-            rows_todo = sum(
-                store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
-                - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
-                for i in todo
-                if 0 <= i < n_shards and not st.shard_done(i)
-            )
-            stage._bar.start(rows_todo * config.n, config.max_tokens)
-        manifest = store.run_sharded(
-            st, work_rows, stage, num_shards=n_shards, shard_index=shard_index, executor=executor
+    if st.completed_manifest() is None and (executor is None or executor.name == "local"):
+        todo = [shard_index] if shard_index is not None else range(n_shards)
+        rows_todo = sum(
+            store.shard_bounds(work_rows.num_rows, n_shards, i)[1]
+            - store.shard_bounds(work_rows.num_rows, n_shards, i)[0]
+            for i in todo
+            if 0 <= i < n_shards and not st.shard_done(i)
         )
-    finally:
-        stage.close()
-    return manifest
+        stage._bar.start(rows_todo * config.n, config.max_tokens)
+    return stage.run_shards(
+        work_rows,
+        output_dir,
+        parts,
+        num_shards=n_shards,
+        shard_index=shard_index,
+        executor=executor,
+        store=st,
+    )
 
 
 class GenerateStage(Stage):
@@ -219,6 +220,7 @@ class GenerateStage(Stage):
 
     name = STAGE
     version = VERSION
+    requires = ("id",)  # and `messages` or `prompt`
     reads = ("id", "task", "messages", "prompt", "reference", "meta", "teacher")
     writes = tuple(name for name, _ in GEN_FIELDS + TOPK_FIELDS)
 

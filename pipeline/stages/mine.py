@@ -22,7 +22,7 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
-from pipeline.stages import Stage, input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref
 
 STAGE = "mine"
 VERSION = "1"
@@ -70,8 +70,7 @@ def run(
         raise UserError("mine: no input; pass --input with a prompts folder (e.g. the validation split)")
     if context.student is None:
         raise UserError("mine: no student; set `student:` in the recipe or pass --student MODEL")
-    rows = input_table(input_dir)
-    require_columns(rows, ["id", "task", "messages", "reference"], STAGE, input_dir)
+    rows = MineStage.read(input_dir)
     student = resolve(context.student.model)
     adapter_id = None
     if config.adapter:
@@ -94,11 +93,12 @@ def run(
             "max_tokens": config.max_tokens,
         },
     }
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     task = rows.column("task")[0].as_py()
     stage = MineStage(config, context.student.model, task, engine=engine)
     n = num_shards or 1  # one evaluation pass: the student is loaded once
-    return store.run_sharded(st, rows, stage, num_shards=n, shard_index=shard_index, executor=executor)
+    return stage.run_shards(
+        rows, output_dir, parts, num_shards=n, shard_index=shard_index, overwrite=overwrite, executor=executor
+    )
 
 
 class MineStage(Stage):
@@ -106,7 +106,8 @@ class MineStage(Stage):
 
     name = STAGE
     version = VERSION
-    reads = ("id", "task", "messages", "reference")
+    requires = ("id", "task", "messages", "reference")
+    reads = requires
     writes = ("student_pass_rate", "student_completion")
 
     def __init__(self, config: Config, student_model: str, task: str, engine=None) -> None:

@@ -76,7 +76,6 @@ def run(
         "inputs": inputs,
         "models": {},
     }
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     # Duplicates are found over the whole source before sharding, so the result does not depend on shards.
     seen: set[str] = set()
     first = []
@@ -86,8 +85,14 @@ def run(
     table = table.append_column("_first", pa.array(first))
 
     n = num_shards or store.default_num_shards(table.num_rows, config.shard_size)
-    return store.run_sharded(
-        st, table, PromptsStage(), num_shards=n, shard_index=shard_index, executor=executor
+    return PromptsStage().run_shards(
+        table,
+        output_dir,
+        parts,
+        num_shards=n,
+        shard_index=shard_index,
+        overwrite=overwrite,
+        executor=executor,
     )
 
 

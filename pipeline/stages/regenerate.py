@@ -105,7 +105,7 @@ def run(
     rows = input_table(input_dir)
     if rows.num_rows == 0:
         raise UserError(f"regenerate: {input_dir} has no hard prompts; the student solves them all")
-    require_columns(rows, ["id", "task", "prompt", "meta"], STAGE, input_dir)
+    require_columns(rows, list(RegenerateStage.requires), STAGE, input_dir)
     tasks = set(rows.column("task").to_pylist())
     method = config.method
     if method == "auto":
@@ -126,15 +126,17 @@ def run(
         # same name write new prompts
         "models": {} if method in ARITHMETIC_METHODS else {"teacher": model_identity(context.teachers[0])},
     }
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     teacher = context.teachers[0] if method == "teacher" else None
     stage = RegenerateStage(config, method, teacher, engine=engine)
-    try:
-        return store.run_sharded(
-            st, rows, stage, num_shards=num_shards or 1, shard_index=shard_index, executor=executor
-        )
-    finally:
-        stage.close()
+    return stage.run_shards(
+        rows,
+        output_dir,
+        parts,
+        num_shards=num_shards or 1,
+        shard_index=shard_index,
+        overwrite=overwrite,
+        executor=executor,
+    )
 
 
 class RegenerateStage(Stage):
@@ -143,6 +145,7 @@ class RegenerateStage(Stage):
 
     name = STAGE
     version = VERSION
+    requires = ("id", "task", "prompt", "meta")
     reads = ("id", "task", "prompt", "messages", "reference", "meta", "student_completion")
     writes = tuple(SCHEMA.names)
 

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from pipeline import store, templates
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
-from pipeline.stages import Stage, input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref
 
 STAGE = "self-distill"
 # 2: task verifiers, cleaned rewrites, fresh columns; 3: shortened rewrites rejected; 4: unverified input rows
@@ -183,8 +183,7 @@ def run(
         raise UserError(
             "self-distill: no model; pass --model (the original, unpruned model) or set `student:`"
         )
-    rows = input_table(input_dir)
-    require_columns(rows, ["id", "completion"], STAGE, input_dir)
+    rows = SelfDistillStage.read(input_dir)
     rows = rows.drop_columns([n for n, _ in ADDED if n in rows.column_names])
     has_critic = critic_engine is not None or context.critic is not None
     resolved = resolve(model)
@@ -201,18 +200,16 @@ def run(
         from pipeline.engines import model_identity
 
         parts["models"]["critic"] = model_identity(context.critic)
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
     schema = rows.schema
     for name, kind in ADDED:
         schema = schema.append(pa.field(name, kind))
     stage = SelfDistillStage(
         config, resolved, schema, context.critic, has_critic, engine=engine, critic_engine=critic_engine
     )
-    try:
-        n = num_shards or store.default_num_shards(rows.num_rows, config.shard_size)
-        return store.run_sharded(st, rows, stage, num_shards=n, shard_index=shard_index, executor=executor)
-    finally:
-        stage.close()
+    n = num_shards or store.default_num_shards(rows.num_rows, config.shard_size)
+    return stage.run_shards(
+        rows, output_dir, parts, num_shards=n, shard_index=shard_index, overwrite=overwrite, executor=executor
+    )
 
 
 class SelfDistillStage(Stage):
@@ -222,7 +219,8 @@ class SelfDistillStage(Stage):
 
     name = STAGE
     version = VERSION
-    reads = ("id", "messages", "prompt", "completion", "reference", "task", "verifier")
+    requires = ("id", "completion")
+    reads = ("id", "messages", "prompt", "completion", "reference", "task", "verifier", "passed")
     writes = tuple(name for name, _ in ADDED)
 
     def __init__(

@@ -44,7 +44,7 @@ from pipeline.filters import steps
 from pipeline.filters.decontaminate import NgramIndex
 from pipeline.recipe import RunContext
 from pipeline.rows import prompt_of
-from pipeline.stages import Stage, input_ref, input_table, require_columns
+from pipeline.stages import Stage, input_ref, input_table
 from pipeline.verifiers import Verdict, build_verifier
 
 STAGE = "verify"
@@ -211,8 +211,7 @@ def run(
     (pipeline/executors.py) runs the shards elsewhere: a Ray cluster or a Slurm array."""
     if input_dir is None:
         raise UserError("verify: no input; pass --input with a generate stage folder, JSONL or Parquet file")
-    table = input_table(input_dir)
-    require_columns(table, ["id", "completion"], STAGE, input_dir)
+    table = VerifyStage.read(input_dir)
     if "prompt" not in table.column_names and "messages" not in table.column_names:
         raise UserError(f"verify: input {input_dir} needs a `prompt` or `messages` column")
     table = table.drop_columns(
@@ -257,7 +256,7 @@ def run(
         "inputs": [input_ref(input_dir)] + [_eval_identity(n) for n in config.decontaminate.against],
         "models": models,
     }
-    st = store.StageStore(Path(output_dir), STAGE, VERSION, parts, overwrite=overwrite)
+    st = VerifyStage.open(output_dir, parts, overwrite)
     done = st.completed_manifest()
     if done is not None:
         return done
@@ -271,12 +270,15 @@ def run(
     by_prompt = group_by_prompt(table)
     n_shards = num_shards or store.default_num_shards(by_prompt.num_rows, config.shard_size)
     stage = VerifyStage(config, critic_model, engines=engines)
-    try:
-        return store.run_sharded(
-            st, by_prompt, stage, num_shards=n_shards, shard_index=shard_index, executor=executor
-        )
-    finally:
-        stage.close()
+    return stage.run_shards(
+        by_prompt,
+        output_dir,
+        parts,
+        num_shards=n_shards,
+        shard_index=shard_index,
+        executor=executor,
+        store=st,
+    )
 
 
 def group_by_prompt(table: pa.Table) -> pa.Table:
@@ -315,6 +317,7 @@ class VerifyStage(Stage):
 
     name = STAGE
     version = VERSION
+    requires = ("id", "completion")  # of the input; its rows are then grouped by prompt:
     reads = ("id", "samples")  # samples: the generate rows of each prompt
     writes = tuple(name for name, _ in VERDICT_FIELDS)
 
