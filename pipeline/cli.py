@@ -446,6 +446,8 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         temperature=args.temperature,
         phrasing=args.phrasing,
+        system_template=args.system_template,
+        shots_template=args.shots_template,
     )
     shown = result if args.json else {k: v for k, v in result.items() if k != "rows"}
     if args.output:
@@ -573,6 +575,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--phrasing",
         choices=["train", "heldout", "wide"],
         help="arithmetic: one wording family (default on validation/test: both held-out families, heldout and wide)",
+    )
+    p.add_argument("--system-template", help="system prompt under prompts/ before each question (a teacher)")
+    p.add_argument(
+        "--shots-template",
+        help="few-shot turns under prompts/ before each question, as the generate stage sends",
     )
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k when > 1)")
     p.add_argument("--engine", default="hf", choices=["vllm", "hf"])

@@ -19,6 +19,7 @@ import re
 import time
 from pathlib import Path
 
+from pipeline import templates
 from pipeline.adapters import adapter_rank
 from pipeline.engines import GenRequest
 from pipeline.errors import UserError
@@ -141,6 +142,8 @@ def evaluate(
     rows: list[dict] | None = None,
     engine_obj=None,
     phrasing: str | None = None,
+    system_template: str | None = None,
+    shots_template: str | None = None,
 ) -> dict:
     """Generate ``n`` answers per problem, verify them, and report pass@1 (and pass@n when n > 1).
 
@@ -162,6 +165,9 @@ def evaluate(
     if n > 1 and temp == 0:
         raise UserError("pass@k with --samples > 1 needs sampling; set a temperature > 0")
 
+    # A teacher is scored the way a recipe prompts it: its system prompt and few-shot turns before each question.
+    head = [{"role": "system", "content": templates.render(system_template)}] if system_template else []
+    head += templates.render_turns(shots_template) if shots_template else []
     cleanup = lambda: None  # noqa: E731
     if engine_obj is None:
         engine_obj, cleanup = make_engine(model, adapter, engine, batch_size, max_model_len)
@@ -170,7 +176,7 @@ def evaluate(
         requests = [
             GenRequest(
                 id=r["id"],
-                messages=r["messages"],
+                messages=head + r["messages"],
                 n=n,
                 temperature=temp,
                 max_tokens=max_tokens,
@@ -204,6 +210,7 @@ def evaluate(
         "problems": len(rows),
         "samples_per_problem": n,
         "temperature": temp,
+        "prompted_with": [t for t in (system_template, shots_template) if t],
         "pass@1": round(sum(c / n for c in correct) / len(rows), 4),
         "undecided": sum(1 for p in passed if p is None),
         "errors": sum(1 for res in results if res.error),

@@ -24,8 +24,9 @@ $D run scripts/recipes/quickstart.yaml
 $D status $RUN
 took dataset
 
-step "2/6 the teacher on the test split (greedy, asked as users ask: no worked examples)"
-[ -s $RUN/eval_teacher.json ] || $D eval $TEACHER "${EVAL[@]}" --output $RUN/eval_teacher.json
+step "2/6 the teacher on the test split (greedy, prompted as the recipe prompts it: worked examples first)"
+[ -s $RUN/eval_teacher.json ] || $D eval $TEACHER "${EVAL[@]}" --output $RUN/eval_teacher.json \
+  --system-template system/arithmetic_worked.jinja --shots-template shots/arithmetic_worked.jinja
 took eval_teacher
 
 step "3/6 the student before training"
@@ -48,7 +49,7 @@ took card
 .venv/bin/python - "$RUN" <<'PY'
 import json, sys
 run = sys.argv[1]
-rows = [("teacher  Qwen2.5-Coder-0.5B-Instruct", "eval_teacher"), ("student  SmolLM2-135M-Instruct, before", "eval_before"),
+rows = [("teacher  Qwen2.5-Coder-0.5B-Instruct, with the worked examples", "eval_teacher"), ("student  SmolLM2-135M-Instruct, before", "eval_before"),
         ("student  after LoRA SFT on the teacher's verified answers", "eval_after")]
 print("accuracy on the test split (greedy; problems per family in brackets):")
 print(f"  {'':58} {'heldout':>9} {'wide':>9}")

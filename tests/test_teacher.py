@@ -288,3 +288,29 @@ def test_two_teachers_yield_per_teacher_in_manifests_and_card(vllm_engine, tmp_p
     assert all(0 <= t["verified_rate"] <= 1 and t["kept"] <= t["passed"] for t in by.values())
     table = teacher_yield({"generate": gen, "verify": ver})
     assert [t["name"] for t in table] == ["a", "b"] and all(t["tokens"] > 0 for t in table)
+
+
+def test_eval_prompts_a_teacher_as_the_recipe_does():
+    from pipeline.engines import GenResult, Sample
+    from pipeline.evaluate import evaluate
+
+    seen = []
+
+    class Record:
+        name = "record"
+
+        def generate(self, requests, progress=None):
+            seen.extend(q.messages for q in requests)
+            return [GenResult(id=q.id, samples=[Sample("Answer: 0", "stop", 2)]) for q in requests]
+
+    rows = arithmetic(2, "test", phrasing="wide")
+    result = evaluate(
+        "x",
+        rows=rows,
+        engine_obj=Record(),
+        system_template="system/arithmetic_worked.jinja",
+        shots_template=SHOTS,
+    )
+    assert result["prompted_with"] == ["system/arithmetic_worked.jinja", SHOTS]
+    assert [m["role"] for m in seen[0]] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert seen[0][-1]["content"] == rows[0]["prompt"]
