@@ -114,8 +114,8 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     }
     verified: dict[str, set[str]] = {}
     for folder in (it0 / "verify", it0 / "verify-more"):
-        for r in store.load_table(folder / "data").to_pylist() if folder.exists() else []:
-            verified.setdefault(r["id"], set()).add(r["completion"].strip())
+        for row in store.load_table(folder / "data").to_pylist() if folder.exists() else []:
+            verified.setdefault(row["id"], set()).add(row["completion"].strip())
     pairs = store.load_table(it0 / "hard-negatives" / "data" / "dpo").to_pylist()
     assert 0 < len(pairs) == summary["history"][0]["hard_negative_pairs"] <= len(failing)
     for p in pairs:
