@@ -243,7 +243,10 @@ def test_progress_bar_shows_tokens_rate_and_eta(monkeypatch):
     bar = generate._Progress(enabled=True)
     bar.start(samples=10, max_tokens=50)
     monkeypatch.setattr(generate.time, "perf_counter", lambda: bar.t0 + 2.0)
-    bar.update(0, 100)  # tokens of samples still in flight
+    assert bar.postfix(bar.t0 + 4.0) == "0 tok, 0.0 tok/s"
+    bar.update(0, 2)
+    assert bar.postfix(bar.t0 + 4.0).startswith("2 tok, 0.5 tok/s")  # a slow start does not read as 0
+    bar.update(0, 98)  # tokens of samples still in flight
     text = bar.postfix(bar.t0 + 2.0)
     # 100 tokens in 2 s; no sample done yet, so each is taken at max_tokens: (10 * 50 - 100) / 50 = 8 s left.
     assert text == "100 tok, 50 tok/s, ETA 0:08"

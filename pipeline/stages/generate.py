@@ -518,7 +518,8 @@ class _Progress:
     def postfix(self, now: float) -> str:
         elapsed = now - self.t0
         rate = self.clock_tokens / elapsed if elapsed > 0 else 0.0
-        text = f"{self.tokens} tok, {rate:.0f} tok/s"
+        # One decimal below 10: a teacher's first tokens on a slow CPU (0.5 tok/s) must not read as 0.
+        text = f"{self.tokens} tok, {rate:.1f} tok/s" if rate < 10 else f"{self.tokens} tok, {rate:.0f} tok/s"
         left = self.samples_total - self.samples
         if rate > 0 and left > 0:
             # Tokens per sample so far (the in-flight ones make it high early on), at most max_tokens.
