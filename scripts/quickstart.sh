@@ -52,10 +52,10 @@ run = sys.argv[1]
 rows = [("teacher  Qwen2.5-Coder-0.5B-Instruct, with the worked examples", "eval_teacher"), ("student  SmolLM2-135M-Instruct, before", "eval_before"),
         ("student  after LoRA SFT on the teacher's verified answers", "eval_after")]
 print("accuracy on the test split (greedy; problems per family in brackets):")
-print(f"  {'':58} {'heldout':>9} {'wide':>9}")
+print(f"  {'':64} {'heldout':>9} {'wide':>9}")
 for name, key in rows:
     r = json.load(open(f"{run}/{key}.json"))["by_phrasing"]
-    print(f"  {name:58} {r['heldout']['pass@1']:>8.1%} {r['wide']['pass@1']:>8.1%}   [{r['heldout']['problems']}/{r['wide']['problems']}]")
+    print(f"  {name:64} {r['heldout']['pass@1']:>8.1%} {r['wide']['pass@1']:>8.1%}   [{r['heldout']['problems']}/{r['wide']['problems']}]")
 times = dict(line.split() for line in open(f"{run}/timings.txt"))
 print("time per step (s): " + ", ".join(f"{k} {v}" for k, v in times.items()))
 print(f"card:   {run}/card/README.md")
