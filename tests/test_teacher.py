@@ -277,7 +277,7 @@ def test_two_teachers_yield_per_teacher_in_manifests_and_card(vllm_engine, tmp_p
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     teachers = [ModelConfig(model="smollm2-135m-instruct", max_model_len=1024, name=n) for n in ("a", "b")]
     ctx = RunContext(teachers=teachers)
-    cfg = generate.Config(n=2, temperature=0.0, max_tokens=24, shots_template=SHOTS)
+    cfg = generate.Config(n=2, temperature=0.5, max_tokens=24, shots_template=SHOTS)
     gen = generate.run(
         cfg, inp, tmp_path / "g", context=ctx, engines={"a": vllm_engine, "b": vllm_engine}, progress=False
     )
