@@ -100,25 +100,16 @@ def _local_folder(spec: str, folder: Path) -> ResolvedModel:
 def weights_hash(folder: Path) -> str:
     """sha256 over the weight files, cached next to them (keyed by size and mtime)."""
     files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = Path(folder) / ".distill-weights-sha256.json"
-    try:
-        saved = json.loads(cache.read_text())
-        if saved["stamp"] == stamp:
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    h = hashlib.sha256()
-    for p in files:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    digest = h.hexdigest()
-    try:
-        cache.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
-    except OSError:
-        pass  # read-only model folder: hash again next time
-    return digest
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for p in files:
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    return _cached_digest(Path(folder) / ".distill-weights-sha256.json", files, digest)
 
 
 def tokenizer_fingerprint(folder: str | Path) -> str | None:
@@ -128,21 +119,29 @@ def tokenizer_fingerprint(folder: str | Path) -> str | None:
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         return None
     files = sorted(p for p in folder.iterdir() if p.name.startswith(("tokenizer", "vocab", "merges")))
-    stamp = json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
-    cache = folder / ".distill-tokenizer-sha256.json"
+
+    def digest() -> str:
+        from transformers import AutoTokenizer
+
+        return vocab_fingerprint(AutoTokenizer.from_pretrained(str(folder)))
+
+    return _cached_digest(folder / ".distill-tokenizer-sha256.json", files, digest)
+
+
+def _cached_digest(cache: Path, files: list[Path], compute) -> str:
+    """``compute()``, cached in ``cache`` and reused while ``files`` keep their sizes and mtimes."""
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     try:
         saved = json.loads(cache.read_text())
         if saved["stamp"] == stamp:
             return saved["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    from transformers import AutoTokenizer
-
-    digest = vocab_fingerprint(AutoTokenizer.from_pretrained(str(folder)))
+    digest = compute()
     try:
         cache.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
     except OSError:
-        pass  # read-only model folder: hash again next time
+        pass  # read-only model folder: compute again next time
     return digest
 
 
