@@ -4,6 +4,7 @@
     .venv/bin/python scripts/exp_teacher.py --table levers       # one table
     .venv/bin/python scripts/exp_teacher.py --out ~/exp/teacher  # keep the runs outside the work tree
     .venv/bin/python scripts/exp_teacher.py --report             # print the tables from what is finished
+    .venv/bin/python scripts/exp_teacher.py --table levers --rows self-taught   # one row
 
 The teacher is the embedded Qwen2.5-Coder-0.5B-Instruct, the student SmolLM2-135M-Instruct (LoRA SFT,
 scripts/configs/sft.yaml: one epoch, batch 8). Every generation answers the same 240 training prompts
@@ -172,8 +173,8 @@ def score(model: str, adapter: Path | None, out: Path) -> dict:
     return {f: v["pass@1"] for f, v in result["by_phrasing"].items()} | {"all": result["pass@1"]}
 
 
-def run_table(out: Path, table: str, seed: int, results: dict) -> None:
-    arms = TABLES[table]
+def run_table(out: Path, table: str, seed: int, results: dict, only: list[str] | None = None) -> None:
+    arms = [a for a in TABLES[table] if not only or any(word in a[0] for word in only)]
     equal = None
     if table == "teachers":  # every arm's export first: they are cut to the smallest one's rows
         equal = min(
@@ -235,6 +236,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "exp_teacher")
     parser.add_argument("--report", action="store_true", help="print the tables from finished arms and stop")
+    parser.add_argument("--rows", nargs="+", help="run only the rows whose name contains one of these words")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
@@ -242,7 +244,7 @@ def main() -> None:
     if not args.report:
         for seed in args.seeds:
             for table in TABLES if args.table == "all" else [args.table]:
-                run_table(args.out, table, seed, results)
+                run_table(args.out, table, seed, results, args.rows)
                 reference = results.setdefault("reference", {})
                 for name, model in (("student before training", SMOL), ("teacher (Qwen, greedy)", QWEN)):
                     path = args.out / f"{_slug(name)}.json"
