@@ -125,6 +125,8 @@ def test_task_split_through_the_session_vllm_engine(vllm_engine):
         engine_obj=vllm_engine,
         max_tokens=48,
     )
-    assert result["problems"] == 8 and result["engine"] == "vllm" and result["errors"] == 0
+    # arithmetic's test split is scored on both held-out wording families, `limit` problems each
+    assert result["problems"] == 16 and result["engine"] == "vllm" and result["errors"] == 0
+    assert {f: v["problems"] for f, v in result["by_phrasing"].items()} == {"heldout": 8, "wide": 8}
     assert all(r["completion"] for r in result["rows"]), "every problem got a real answer"
     _agrees_with_the_math_verifier(result)
