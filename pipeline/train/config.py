@@ -151,7 +151,7 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
         if theirs and mine and theirs != mine:
             # TRL's GKD compares the two models' logits position by position, one vocabulary.
             raise UserError(
-                f"gkd: the teacher {args_fields['teacher_model_name_or_path']} has another tokenizer than the "
+                f"gkd: the teacher {args_fields['teacher_model_name_or_path']} has a different tokenizer than the "
                 f"student {model}; GKD needs one vocabulary: use `distill train sft` on the teacher's verified "
                 "answers, or a teacher that shares the student's tokenizer"
             )
