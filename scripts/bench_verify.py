@@ -4,6 +4,8 @@
    each sandbox backend that works here (warm pre-forked slots, started inside each timed run); reference:
    a plain, unsandboxed fresh interpreter per program (``python -I``, solution then tests, as the previous
    verifier ran them minus its launcher and namespaces, so the ratio understates the gain); prints the ratio.
+   Beside each backend's rate: its CPU milliseconds per program (the slots' processes and ours, start-up
+   included), which, unlike a rate, holds when other work shares the cores.
 2. MinHash near-duplicate dedup: rows/s on 100k synthetic rows (a share of them planted near-duplicates),
    with ``pipeline.filters.dedup.minhash_dedup`` (rensa signatures + LSH); reference: the previous
    implementation (numpy signatures + datasketch LSH, ``pipeline.filters.minhash_reference``) on the same
@@ -62,12 +64,14 @@ def bench_code(repeats: int) -> dict:
     cores = os.cpu_count() or 1
     out: dict = {"programs": len(rows), "cores": cores, "default_backend": default_backend()}
     for backend in [b for b in BACKENDS if backend_problem(b) is None]:
-        rates = []
+        rates, cpu_ms = [], []
         for _ in range(repeats):
             verifier = CodeVerifier(timeout_s=10.0, workers=cores, backend=backend)
-            start = time.perf_counter()  # slot start-up counts: a fresh verifier each run
-            verdicts = verifier.check(rows)
+            start, host_cpu = time.perf_counter(), time.process_time()
+            verdicts = verifier.check(rows)  # slot start-up counts: a fresh verifier each run
             rates.append(len(rows) / (time.perf_counter() - start))
+            used = verifier.sandbox.cpu_s() + time.process_time() - host_cpu
+            cpu_ms.append(1000 * used / len(rows))
             verifier.close()
             passed = sum(v.passed is True for v in verdicts)
             if passed != len(rows):
@@ -76,6 +80,7 @@ def bench_code(repeats: int) -> dict:
                 )
         out[f"{backend}_programs_per_s"] = round(statistics.median(rates), 2)
         out[f"{backend}_runs"] = [round(r, 2) for r in rates]
+        out[f"{backend}_cpu_ms_per_program"] = round(statistics.median(cpu_ms), 2)
     programs = [build_program(row)[0] for row in rows]
     rates = []
     for _ in range(repeats):
@@ -155,7 +160,7 @@ def main() -> None:
     if args.part in ("all", "code"):
         code = result["code"] = bench_code(args.repeats)
         others = ", ".join(
-            f"{b} {code[f'{b}_programs_per_s']}"
+            f"{b} {code[f'{b}_programs_per_s']} ({code[f'{b}_cpu_ms_per_program']} CPU ms each)"
             for b in ("namespaces", "bwrap")
             if f"{b}_programs_per_s" in code
         )

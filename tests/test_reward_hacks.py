@@ -391,10 +391,16 @@ def _naive_harness(kind: str) -> str:
         start, end = source.index("    def tests_scope("), source.index("    def proxy(")
         return source[:start] + _OLD_TESTS_SCOPE + source[end:]
     if kind == "no_job_isolation":
-        return source.replace("    isolate_job(limits)\n    out =", "    out =")
+        return _replace(source, "    isolation.apply(limits)\n    out =", "    out =")
     if kind == "leaky_channel":  # the verdict pipe stays open in the solution process
-        return source.replace("    os.closerange(5, 1 << 16)\n", "")
+        return _replace(source, "    os.closerange(5, 1 << 16)\n", "")
     raise ValueError(kind)
+
+
+def _replace(source: str, old: str, new: str) -> str:
+    """``old``, which must be in ``source`` once (else the naive harness would be the real one), as ``new``."""
+    assert source.count(old) == 1, f"the harness no longer has {old!r}; update the naive harness"
+    return source.replace(old, new)
 
 
 @pytest.fixture(scope="module")

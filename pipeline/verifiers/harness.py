@@ -34,8 +34,11 @@ Frames on every pipe: a 4-byte big-endian length, then UTF-8 JSON.
 """
 
 import builtins
+import fcntl
 import json
 import os
+import resource
+import select
 import signal
 import struct
 import sys
@@ -143,26 +146,21 @@ def decode(v, depth=0):
 # --- the slot ----------------------------------------------------------------------------------------------
 
 
-def _prctl(option, value):
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-
-
 def slot_main(config):
     fds = config["fds"]
+    # Everything a judge needs is made here, once: the libc handle and the compiled seccomp filter, and the
+    # modules it uses. Each fork then inherits them, and a job pays only for its own syscalls.
+    isolation = JobIsolation()
     # Non-dumpable: the solution (same uid) cannot open our fds or memory via /proc. Subreaper: orphans
     # of a job come back to us, so nothing is re-parented out of reach.
-    _prctl(PR_SET_DUMPABLE, 0)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    isolation.libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    isolation.libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for name in WARM_MODULES:
         try:
             __import__(name)
         except ImportError:
             pass
-    import ctypes  # noqa: F401 - warm for the judge's namespaces and seccomp filter
-
-    if not _job_isolation_works(config):
+    if not _job_isolation_works(isolation, config["limits"]):
         os._exit(125)  # the probe said why on stderr
     import gc
 
@@ -182,7 +180,7 @@ def slot_main(config):
         if judge == 0:
             try:
                 os.close(fds["seals"])
-                judge_main(config)
+                judge_main(config, isolation)
             finally:
                 os._exit(0)
         _, status = os.waitpid(judge, 0)
@@ -196,12 +194,12 @@ def slot_main(config):
             os._exit(3)  # the host starts a fresh slot
 
 
-def _job_isolation_works(config):
+def _job_isolation_works(isolation, limits):
     """Whether a judge can set up its job's namespaces and filter here (if not, stderr says why)."""
     pid = os.fork()
     if pid == 0:
         try:
-            isolate_job(config["limits"])
+            isolation.apply(limits)
             os._exit(0)
         except BaseException as e:  # noqa: BLE001 - reported by the exit code and stderr
             os.write(2, f"distill-sandbox: cannot isolate a job ({e})\n".encode())
@@ -239,8 +237,6 @@ def _describe(status):
 
 
 def _set_limits(limits, nproc):
-    import resource
-
     mb = 1024 * 1024
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2)
@@ -280,50 +276,63 @@ SECCOMP = {
 }
 
 
-def isolate_job(limits):
+class JobIsolation:
     """Fresh user, IPC and mount namespaces with an empty /tmp and /dev/shm, no capabilities, and the
-    seccomp filter: everything a job may touch is its own, and gone when its last process ends."""
-    import ctypes
+    seccomp filter: everything a job may touch is its own, and gone when its last process ends.
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    Made once per slot (libc through ctypes, the filter compiled to BPF); ``apply`` runs in each judge."""
 
-    def check(ret, what):
+    def __init__(self):
+        import ctypes
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        for name in ("unshare", "mount", "prctl", "capset"):
+            getattr(self.libc, name)  # looked up here, once, rather than in every judge
+        program = seccomp_program()
+        self._filter = ctypes.create_string_buffer(program, len(program))
+        fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(self._filter))
+        self._fprog = ctypes.create_string_buffer(fprog, len(fprog))
+        self._capset = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()  # _V3, this process
+        self._mount_flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
+        self._get_errno = ctypes.get_errno
+
+    def check(self, ret, what):
         if ret != 0:
-            err = ctypes.get_errno()
+            err = self._get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
-    uid, gid = os.getuid(), os.getgid()
-    check(libc.unshare(CLONE_NEWUSER | CLONE_NEWIPC | CLONE_NEWNS), "unshare")
-    # /proc/self of a non-dumpable process is root's: dumpable for the time of these writes. Nothing but
-    # the slot and us runs in the sandbox now (the slot swept the previous job's processes).
-    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    for path, mb in (("/tmp", limits["tmp_mb"]), ("/dev/shm", SHM_MB)):
-        opts = f"size={mb}m,mode=700,uid={uid},gid={gid}".encode()
-        check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), opts), path)
-    os.chdir("/tmp")
-    # The new user namespace gave us every capability in it: drop them all, for good.
-    for cap in range(64):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            break
-    libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
-    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    program = seccomp_program()
-    fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(ctypes.c_char.from_buffer(program)))
-    buf = ctypes.create_string_buffer(fprog)
-    check(libc.prctl(PR_SET_SECCOMP, 2, buf, 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
+    def apply(self, limits):
+        libc, check = self.libc, self.check
+        uid, gid = os.getuid(), os.getgid()
+        check(libc.unshare(CLONE_NEWUSER | CLONE_NEWIPC | CLONE_NEWNS), "unshare")
+        # /proc/self of a non-dumpable process is root's: dumpable for the time of these writes. Nothing but
+        # the slot and us runs in the sandbox now (the slot swept the previous job's processes).
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        maps = {"setgroups": "deny", "uid_map": f"{uid} {uid} 1", "gid_map": f"{gid} {gid} 1"}
+        for name, text in maps.items():
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        for path, mb in ((b"/tmp", limits["tmp_mb"]), (b"/dev/shm", SHM_MB)):
+            opts = f"size={mb}m,mode=700,uid={uid},gid={gid}".encode()
+            check(libc.mount(b"tmpfs", path, b"tmpfs", self._mount_flags, opts), path.decode())
+        os.chdir("/tmp")
+        # The new user namespace gave us every capability in it: drop them all, for good.
+        for cap in range(64):
+            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                break
+        libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+        check(libc.capset(*self._capset), "capset")
+        check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        check(libc.prctl(PR_SET_SECCOMP, 2, self._fprog, 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
 
 
 def seccomp_program():
     """The classic BPF filter of ``SECCOMP`` for this machine's architecture."""
-    import platform
-
-    machine = platform.machine()
+    machine = os.uname().machine
     if machine not in SECCOMP:
         raise OSError(f"no seccomp filter for {machine}")
     arch, kill, refuse, clone, clone3 = SECCOMP[machine]
@@ -339,7 +348,7 @@ def seccomp_program():
     code += [(jeq, 0, 1, clone3), (ret, 0, 0, errno | ENOSYS)]  # its flags cannot be read; libc falls back
     code += [(jeq, 0, 3, clone), (ld, 0, 0, 16), (jset, 0, 1, CLONE_NEW_ANY), (ret, 0, 0, errno | EPERM)]
     code += [(ret, 0, 0, allow)]
-    return bytearray(b"".join(struct.pack("HBBI", *insn) for insn in code))
+    return b"".join(struct.pack("HBBI", *insn) for insn in code)
 
 
 # --- the judge ---------------------------------------------------------------------------------------------
@@ -361,9 +370,9 @@ class SolutionError(Exception):
     """An exception raised in the solution process whose type is not a built-in one."""
 
 
-def judge_main(config):
+def judge_main(config, isolation):
     limits, jobs, result_fd = config["limits"], config["fds"]["jobs"], config["fds"]["frames"]
-    isolate_job(limits)
+    isolation.apply(limits)
     out = os.open("/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)  # the program's stdout+stderr, in no folder
     os.dup2(out, 1)
     os.dup2(out, 2)
@@ -533,15 +542,30 @@ class Judge:
 
     def reap(self):
         """How the solution process ended (None if it was still serving), after which it is gone."""
-        deadline = time.monotonic() + (1.0 if self.died else 0.2)
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return _describe(status)
-            time.sleep(0.002)
+        _wait_for_exit(self.pid, 1.0 if self.died else 0.2)
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            return _describe(status)
         os.kill(self.pid, signal.SIGKILL)
         status = os.waitpid(self.pid, 0)[1]
         return None if not self.died else _describe(status)
+
+
+def _wait_for_exit(pid, timeout):
+    """Until our child ``pid`` has ended (it is left to reap) or ``timeout`` passed."""
+    try:
+        pidfd = os.pidfd_open(pid)  # readable once the process has ended: no polling
+    except OSError:  # Linux before 5.3
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+            time.sleep(0.002)
+        return
+    try:
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
 
 
 def _stubs(source):
@@ -605,8 +629,6 @@ def _line(kind, message):
 
 
 def solution_main(job, limits, out, call_r, reply_w):
-    import fcntl
-
     # fds 0-4: /dev/null, the output file twice, the call pipe, the reply pipe. Nothing else stays open:
     # not the host's pipes, not the judge's result fd.
     null = os.open("/dev/null", os.O_RDONLY)
@@ -616,9 +638,11 @@ def solution_main(job, limits, out, call_r, reply_w):
     os.closerange(5, 1 << 16)
     call_r, reply_w = 3, 4
     os.chdir("/tmp")
-    own = sum(1 for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == os.getuid())
-    extra = max(0, limits["max_processes"] - 1)
-    _set_limits(limits, nproc=1 if not extra else own + extra)
+    nproc = 1
+    if limits["max_processes"] > 1:  # RLIMIT_NPROC counts every process of the uid: the judge and slot too
+        own = sum(1 for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == os.getuid())
+        nproc = own + limits["max_processes"] - 1
+    _set_limits(limits, nproc=nproc)
     scope = {"__name__": "__main__" if job.get("as_main") else "solution", "__builtins__": builtins}
     source = job["solution"]
     del job

@@ -106,6 +106,22 @@ def pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used by ``pid``, its live descendants and every child they reaped (0 once it ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:  # needs CONFIG_PROC_CHILDREN
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(tree_cpu_s(c) for c in children)
+
+
 def _kill_uid(uid: int, deadline_s: float = 2.0) -> int:
     """SIGKILL every process of ``uid`` until none is left; return how many were found at first."""
     first = None
@@ -341,6 +357,12 @@ class Sandbox:
 
     def close(self) -> None:
         self._finalizer()
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far in the live slots, their judges and solutions included. Unlike a rate,
+        this holds on a busy machine (``scripts/bench_verify.py`` reports it per program)."""
+        with self._lock:
+            return sum(tree_cpu_s(slot.proc.pid) for slot in self._live)
 
     def __enter__(self) -> Sandbox:
         return self
