@@ -10,7 +10,7 @@ manifest's `host` is pipeline/environment.py. The names stages have always calle
 Layout of one stage (see DESIGN.md):
 
     runs/<run>/<NN>-<stage>/
-      data/           accepted rows (datasets.save_to_disk; also readable as Arrow)
+      data/           accepted rows (the folder datasets.save_to_disk writes; datasets.load_from_disk reads it)
       rejected/       filters only: rejected rows with a `reject_reason` column
       shards/         work in progress: <i>/ folders, each with .done when finished; removed at the end
       manifest.json   written last, atomically

@@ -21,7 +21,8 @@ order that rotates from round to round:
 - plain: a bare asyncio client (httpx, a semaphore, ``gather``) with every request in flight (or
   ``--concurrency``), in this process.
 It prints each round and the medians with ``ours / datatrove`` and ``ours / plain`` (goal >= 1.0 against
-datatrove). ``--no-seed`` runs ours without seeds too, as a fourth arm.
+datatrove). ``--no-seed`` adds two arms: ours without seeds, and plain without seeds, so the server's own
+cost of per-request seeds (plain vs plain --no-seed) reads apart from the client's.
 
     .venv/bin/python scripts/bench_generate.py --engine openai --prompts 128 --repeats 3 \
         --datatrove-python /work/dt-venv/bin/python
@@ -71,7 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--datatrove-python", help="openai: a Python with datatrove installed (default: $DATATROVE_PYTHON)"
     )
-    p.add_argument("--no-seed", action="store_true", help="openai: also run ours with --no-seed")
+    p.add_argument("--no-seed", action="store_true", help="openai: also run ours and plain without seeds")
     p.add_argument("--datatrove-child", help=argparse.SUPPRESS)  # internal: one datatrove run, JSON spec
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args()
@@ -255,13 +256,17 @@ def bench_openai(args, model_dir: str, inp: Path, work: Path, conversations: lis
             arms["datatrove"] = datatrove
         if args.no_seed:
             arms["ours --no-seed"] = lambda: ours(no_seed=True)
+            unseeded = [{k: v for k, v in b.items() if k != "seed"} for b in bodies]
+            arms["plain --no-seed"] = lambda: plain_client(url, unseeded, in_flight)
         names = list(arms)
         tps: dict[str, list[float]] = {name: [] for name in names}
+        loads: dict[str, list[float]] = {name: [] for name in names}  # 1-min load average as each arm began
         for rep in range(args.repeats):
             order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: load drift cancels out
             for name in order:
+                loads[name].append(os.getloadavg()[0])
                 tps[name].append(arms[name]())
-            line = " | ".join(f"{name} {tps[name][-1]:.1f}" for name in names)
+            line = " | ".join(f"{name} {tps[name][-1]:.1f} (load {loads[name][-1]:.1f})" for name in names)
             print(f"[openai] round {rep} ({' -> '.join(order)}): {line} tok/s", flush=True)
         median = {name: statistics.median(v) for name, v in tps.items()}
         print(
@@ -270,7 +275,13 @@ def bench_openai(args, model_dir: str, inp: Path, work: Path, conversations: lis
         ratios = {f"ours / {other}": median["ours"] / median[other] for other in names if other != "ours"}
         for label, ratio in ratios.items():
             print(f"[openai] ratio {label} = {ratio:.3f} (medians of {args.repeats} rounds)", flush=True)
-        return {"tokens_per_s": tps, "median": median, "ratio": ratios, "plain_in_flight": in_flight}
+        return {
+            "tokens_per_s": tps,
+            "load": loads,
+            "median": median,
+            "ratio": ratios,
+            "plain_in_flight": in_flight,
+        }
     finally:
         stop_server(server)
 
@@ -358,7 +369,7 @@ def start_server(model_dir: str, max_model_len: int) -> tuple[subprocess.Popen, 
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # a loaded 2-core machine has taken more than 300 s
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(
@@ -371,7 +382,7 @@ def start_server(model_dir: str, max_model_len: int) -> tuple[subprocess.Popen, 
             pass
         time.sleep(1)
     stop_server(proc)
-    raise SystemExit("vLLM server did not answer /health within 300 s")
+    raise SystemExit("vLLM server did not answer /health within 600 s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:

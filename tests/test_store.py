@@ -246,3 +246,51 @@ def test_an_empty_table_round_trips(tmp_path):
     loaded = store.load_table(tmp_path / "empty")
     assert loaded.num_rows == 0 and loaded.schema.names == ["id", "x"]
     assert loaded.schema.field("x").type == pa.int64()
+
+
+def test_save_table_writes_what_datasets_writes_without_importing_it(tmp_path):
+    """The folder is the one Dataset.save_to_disk writes (the same dataset_info.json, Arrow file and state),
+    and writing it does not import `datasets` (most of a second of every stage command's start-up)."""
+    from datasets import Dataset, load_from_disk
+
+    from pipeline import tables
+
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "messages": [[{"role": "user", "content": "2+2"}], []],
+            "topk_ids": pa.array([[[1, 2]], None], pa.list_(pa.list_(pa.int32()))),
+            "score": pa.array([0.5, None], pa.float32()),
+            "ok": [True, False],
+            "fixed": pa.array([[1, 2], [3, 4]], pa.list_(pa.int64(), 2)),
+            "big": pa.array(["x", "y"], pa.large_string()),
+            "none": pa.nulls(2),
+        }
+    )
+    code = (
+        "import sys; from pathlib import Path; import pyarrow as pa; from pipeline import tables; "
+        f"tables.save_table(pa.ipc.open_file({str(tmp_path / 't.arrow')!r}).read_all(), Path({str(tmp_path / 'ours')!r})); "
+        "print('datasets' in sys.modules)"
+    )
+    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    imported = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert imported.stdout.strip() == "False"
+    Dataset(table).save_to_disk(str(tmp_path / "theirs"))
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    assert json.loads((ours / "dataset_info.json").read_text()) == json.loads(
+        (theirs / "dataset_info.json").read_text()
+    )
+    state, their_state = (json.loads((d / "state.json").read_text()) for d in (ours, theirs))
+    assert state.keys() == their_state.keys() and state["_data_files"] == their_state["_data_files"]
+    assert store.load_table(ours).equals(store.load_table(theirs), check_metadata=True)
+    assert load_from_disk(str(ours)).to_list() == load_from_disk(str(theirs)).to_list()
+    assert load_from_disk(str(ours)).features == load_from_disk(str(theirs)).features
+    # A type mapped only by `datasets` (a dictionary column) still goes through it.
+    assert tables.hf_features(pa.schema([("c", pa.dictionary(pa.int8(), pa.string()))])) is None
+    store.save_table(pa.table({"c": pa.array(["u", "v"]).dictionary_encode()}), tmp_path / "dict")
+    assert load_from_disk(str(tmp_path / "dict"))["c"] == ["u", "v"]
