@@ -28,7 +28,7 @@ import yaml
 from pipeline.errors import RetryPending, UserError
 from pipeline.prune import METHODS as PRUNE_METHODS
 
-STAGES = ("prompts", "generate", "verify", "mine", "regenerate", "self-distill", "export")
+STAGES = ("prompts", "rephrase", "generate", "verify", "mine", "regenerate", "self-distill", "export")
 
 
 def _scalar(tp):

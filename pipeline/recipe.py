@@ -39,6 +39,7 @@ STAGE_MODULES = {
     "verify": "verify",
     "mine": "mine",
     "regenerate": "regenerate",
+    "rephrase": "rephrase",
     "self-distill": "self_distill",
     "export": "export",
 }

@@ -28,7 +28,7 @@ HELDOUT_FAMILIES = ("heldout", "wide")  # the test families every test score is 
 SPLIT_OF_BUCKET = {**{b: "train" for b in range(8)}, 8: "validation", 9: "test"}  # 80/10/10
 
 
-def _split_of(question: str) -> str:
+def split_of(question: str) -> str:
     return SPLIT_OF_BUCKET[int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10]
 
 
@@ -135,7 +135,7 @@ def variants(meta: dict, k: int, rng: random.Random) -> list[dict]:
         rng.shuffle(candidates)
         for t, v in candidates:
             row = _row(t, op_list, v + 4 * rng.randrange(250), rng.choice(NAMES), "train", "train", digits)
-            if row["prompt"] not in seen and _split_of(row["prompt"]) == "train":
+            if row["prompt"] not in seen and split_of(row["prompt"]) == "train":
                 seen.add(row["prompt"])
                 out.append(row)
             if len(out) >= k:
@@ -163,7 +163,7 @@ def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) ->
         if len(op_list) == 1 and op_list[0] == "-" and terms[0] < terms[1]:
             terms.reverse()  # keep one-step subtraction word problems non-negative
         row = _row(terms, op_list, rng.randrange(1000), rng.choice(NAMES), split, phrasing, digits)
-        if row["prompt"] in seen or _split_of(row["prompt"]) != split:
+        if row["prompt"] in seen or split_of(row["prompt"]) != split:
             continue
         seen.add(row["prompt"])
         misses = 0
