@@ -1,11 +1,15 @@
 """Benchmark the verify stage's two heavy parts, each against a reference measured in the same run.
 
-1. Code verifier: sandboxed programs/s on the 164 HumanEval canonical solutions, one worker per core, on
-   each sandbox backend that works here (warm pre-forked slots, started inside each timed run); reference:
+1. Code verifier: sandboxed programs/s on the 164 HumanEval canonical solutions, with the sandbox's default
+   number of slots (one per core; ``--workers`` to choose), on each sandbox backend that works
+   here (warm pre-forked slots, started inside each timed run); reference:
    a plain, unsandboxed fresh interpreter per program (``python -I``, solution then tests, as the previous
    verifier ran them minus its launcher and namespaces, so the ratio understates the gain); prints the ratio.
    Beside each backend's rate: its CPU milliseconds per program (the slots' processes and ours, start-up
-   included), which, unlike a rate, holds when other work shares the cores.
+   included), which, unlike a rate, holds when other work shares the cores; and its idle fraction,
+   1 - (rate / the rate the cores would allow at that CPU cost), the share of core time the run left unused
+   (waits at hand-overs, start-up, the last straggler; on a busy machine, also the cores other work took).
+   The load average before the runs is printed too.
 2. MinHash near-duplicate dedup: rows/s on 100k synthetic rows (a share of them planted near-duplicates),
    with ``pipeline.filters.dedup.minhash_dedup`` (rensa signatures + LSH); reference: the previous
    implementation (numpy signatures + datasketch LSH, ``pipeline.filters.minhash_reference``) on the same
@@ -56,22 +60,25 @@ def _reference_check(programs: list, workers: int) -> list[bool]:
         return list(pool.map(run, programs))
 
 
-def bench_code(repeats: int) -> dict:
+def bench_code(repeats: int, workers: int | None = None) -> dict:
     from pipeline.verifiers.code import CodeVerifier, build_program, humaneval_rows
-    from pipeline.verifiers.sandbox import BACKENDS, backend_problem, default_backend
+    from pipeline.verifiers.sandbox import BACKENDS, backend_problem, default_backend, default_workers
 
     rows = humaneval_rows()
     cores = os.cpu_count() or 1
     out: dict = {"programs": len(rows), "cores": cores, "default_backend": default_backend()}
+    out["slots"] = workers or default_workers()
+    out["load_before"] = round(os.getloadavg()[0], 2)
     for backend in [b for b in BACKENDS if backend_problem(b) is None]:
-        rates, cpu_ms = [], []
+        rates, cpu_ms, idle = [], [], []
         for _ in range(repeats):
-            verifier = CodeVerifier(timeout_s=10.0, workers=cores, backend=backend)
+            verifier = CodeVerifier(timeout_s=10.0, workers=out["slots"], backend=backend)
             start, host_cpu = time.perf_counter(), time.process_time()
             verdicts = verifier.check(rows)  # slot start-up counts: a fresh verifier each run
             rates.append(len(rows) / (time.perf_counter() - start))
             used = verifier.sandbox.cpu_s() + time.process_time() - host_cpu
             cpu_ms.append(1000 * used / len(rows))
+            idle.append(1 - rates[-1] * cpu_ms[-1] / 1000 / cores)
             verifier.close()
             passed = sum(v.passed is True for v in verdicts)
             if passed != len(rows):
@@ -81,6 +88,7 @@ def bench_code(repeats: int) -> dict:
         out[f"{backend}_programs_per_s"] = round(statistics.median(rates), 2)
         out[f"{backend}_runs"] = [round(r, 2) for r in rates]
         out[f"{backend}_cpu_ms_per_program"] = round(statistics.median(cpu_ms), 2)
+        out[f"{backend}_idle_fraction"] = round(statistics.median(idle), 3)
     programs = [build_program(row)[0] for row in rows]
     rates = []
     for _ in range(repeats):
@@ -155,18 +163,21 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "code", "minhash"], default="all")
     parser.add_argument("--rows", type=int, default=100_000, help="rows for the MinHash benchmark")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is reported)")
+    parser.add_argument("--workers", type=int, help="sandbox slots (default: the sandbox's, one per core)")
     args = parser.parse_args()
     result = {}
     if args.part in ("all", "code"):
-        code = result["code"] = bench_code(args.repeats)
+        code = result["code"] = bench_code(args.repeats, args.workers)
         others = ", ".join(
-            f"{b} {code[f'{b}_programs_per_s']} ({code[f'{b}_cpu_ms_per_program']} CPU ms each)"
+            f"{b} {code[f'{b}_programs_per_s']} ({code[f'{b}_cpu_ms_per_program']} CPU ms each, "
+            f"idle {code[f'{b}_idle_fraction']:.0%})"
             for b in ("namespaces", "bwrap")
             if f"{b}_programs_per_s" in code
         )
         print(
             f"code verifier: {code['programs_per_s']} programs/s sandboxed ({code['default_backend']}; {others}) "
-            f"on {code['cores']} cores vs {code['reference_programs_per_s']} for a plain interpreter per program "
+            f"on {code['cores']} cores ({code['slots']} slots, load {code['load_before']}) "
+            f"vs {code['reference_programs_per_s']} for a plain interpreter per program "
             f"({code['ratio']}x), HumanEval canonical, median of {args.repeats}",
             flush=True,
         )

@@ -5,12 +5,14 @@ with the standard library only. Three kinds of processes take part, all in the s
 
 - the slot (one per worker): imports the usual modules once, then for each job forks a judge, waits for
   it, kills every other process left in the sandbox and signs the job's "done" frame with the seal it reads
-  only then. It never reads a job's code.
-- the judge (trusted, one per job): first moves into fresh user, IPC and mount namespaces with its own
-  ``/tmp`` and ``/dev/shm`` (nothing of an earlier job is left to read: files, SysV or POSIX IPC, keyrings),
-  drops every capability and sets a seccomp filter (no ptrace, ``pidfd_getfd``, ``process_vm_readv/writev``,
-  keyrings, namespaces or mounts; a process that tries one is killed, which is the reward hack
-  ``forbidden_syscall``). It then reads the solution, forks the solution process, and only then reads the
+  only then. It never reads a job's code. It forks the next judge right after that frame (the first with the
+  slot, as the probe that job isolation works here), so the judge's fork and isolation overlap the host's
+  reading of the verdict; that judge starts after the sweep, and reads its job itself.
+- the judge (trusted, one per job): first, before its job is sent, moves into fresh user, IPC and mount
+  namespaces with its own ``/tmp`` and ``/dev/shm`` (nothing of an earlier job is left to read: files, SysV
+  or POSIX IPC, keyrings), drops every capability and sets a seccomp filter (no ptrace, ``pidfd_getfd``,
+  ``process_vm_readv/writev``, keyrings, namespaces or mounts; a process that tries one is killed, which is
+  the reward hack ``forbidden_syscall``). It then reads the solution, forks the solution process, and only then reads the
   tests and the job's nonce, so the solution's memory never held them. It runs the tests with ``candidate``
   as a proxy that calls into the solution process over a pipe, and writes the verdict, with the nonce, to the
   host. The judge is non-dumpable: a process of the same uid can neither read nor write its memory nor open
@@ -49,6 +51,7 @@ MAX_FRAME = 64 << 20
 MAX_DEPTH = 100
 OUTPUT_TAIL = 20000
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+NO_MORE_JOBS = 4  # a judge's exit code: the host closed the jobs pipe before sending its job
 # Modules HumanEval-style solutions and tests import; importing them once in the slot makes each fork cheap.
 WARM_MODULES = (
     "math re collections itertools functools heapq bisect string typing fractions decimal statistics "
@@ -160,51 +163,53 @@ def slot_main(config):
             __import__(name)
         except ImportError:
             pass
-    if not _job_isolation_works(isolation, config["limits"]):
-        os._exit(125)  # the probe said why on stderr
     import gc
 
     gc.collect()
     gc.freeze()  # keep the warm heap shared with the forks instead of touched by their collections
+    # The first judge is also the probe: it says whether a job's namespaces and filter can be set up here.
+    isolated_r, isolated_w = os.pipe()
+    judge = _fork_judge(config, isolation, isolated_w)
+    os.close(isolated_w)
+    isolated = os.read(isolated_r, 1) == b"1"
+    os.close(isolated_r)
+    if not isolated:
+        os.waitpid(judge, 0)
+        os._exit(125)  # the judge said why on stderr
     write_frame(fds["frames"], {"ready": os.getpid()})
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):  # from now on no host file is held here (the host reads stderr only at start)
         os.dup2(null, fd)
     os.close(null)
     while True:
-        try:
-            read_frame(fds["jobs"])  # only {"job": n}: the job's code is read by the judge, never by the slot
-        except EOFError:
-            os._exit(0)
-        judge = os.fork()
-        if judge == 0:
-            try:
-                os.close(fds["seals"])
-                judge_main(config, isolation)
-            finally:
-                os._exit(0)
+        # The judge was forked and isolated before its job came: that work overlaps the host's reading of
+        # the previous verdict. It reads the job itself; the slot never reads a job's code.
         _, status = os.waitpid(judge, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == NO_MORE_JOBS:
+            os._exit(0)
         clean = _kill_others()
         try:
             seal = read_frame(fds["seals"]).get("seal")
         except (EOFError, ValueError, AttributeError):
             os._exit(3)
         write_frame(fds["frames"], {"done": _describe(status), "clean": clean, "seal": seal})
+        del seal
         if not clean:
             os._exit(3)  # the host starts a fresh slot
+        judge = _fork_judge(config, isolation)  # after the sweep: nothing of the last job is left to see it
 
 
-def _job_isolation_works(isolation, limits):
-    """Whether a judge can set up its job's namespaces and filter here (if not, stderr says why)."""
-    pid = os.fork()
-    if pid == 0:
+def _fork_judge(config, isolation, isolated_fd=None):
+    """Fork the next job's judge. It isolates itself at once, then waits for its job; with ``isolated_fd``
+    (the first judge only) it writes b"1" there once isolated, else why not on stderr, and exits."""
+    judge = os.fork()
+    if judge == 0:
         try:
-            isolation.apply(limits)
+            os.close(config["fds"]["seals"])
+            judge_main(config, isolation, isolated_fd)
+        finally:
             os._exit(0)
-        except BaseException as e:  # noqa: BLE001 - reported by the exit code and stderr
-            os.write(2, f"distill-sandbox: cannot isolate a job ({e})\n".encode())
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
+    return judge
 
 
 def _kill_others(deadline_s=2.0):
@@ -370,12 +375,24 @@ class SolutionError(Exception):
     """An exception raised in the solution process whose type is not a built-in one."""
 
 
-def judge_main(config, isolation):
+def judge_main(config, isolation, isolated_fd=None):
     limits, jobs, result_fd = config["limits"], config["fds"]["jobs"], config["fds"]["frames"]
-    isolation.apply(limits)
+    try:
+        isolation.apply(limits)
+    except Exception as e:  # noqa: BLE001 - whatever stops the isolation stops the job
+        if isolated_fd is not None:  # the slot's probe: say why, and the slot does not start
+            os.write(2, f"distill-sandbox: cannot isolate a job ({e})\n".encode())
+            os._exit(1)
+        # Fail within the job the host sends next (its frames then stay unread: the host retires the slot).
+        _wait_for_job(jobs)
+        raise
     out = os.open("/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)  # the program's stdout+stderr, in no folder
     os.dup2(out, 1)
-    os.dup2(out, 2)
+    os.dup2(out, 2)  # from here on no host file is held (the first judge was started with the slot's stderr)
+    if isolated_fd is not None:
+        os.write(isolated_fd, b"1")
+        os.close(isolated_fd)
+    _wait_for_job(jobs)
     job = read_frame(jobs)
     call_r, call_w = os.pipe()
     reply_r, reply_w = os.pipe()
@@ -412,6 +429,14 @@ def judge_main(config, isolation):
     size = os.lseek(out, 0, os.SEEK_END)
     result["output"] = os.pread(out, OUTPUT_TAIL, max(0, size - OUTPUT_TAIL)).decode("utf-8", "replace")
     write_frame(result_fd, result)
+
+
+def _wait_for_job(jobs):
+    """Read the job's first frame ({"job": n}); when the host closed the pipe, the slot is done."""
+    try:
+        read_frame(jobs)
+    except EOFError:
+        os._exit(NO_MORE_JOBS)
 
 
 class Judge:
