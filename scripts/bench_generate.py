@@ -27,6 +27,13 @@ cost of per-request seeds (plain vs plain --no-seed) reads apart from the client
     .venv/bin/python scripts/bench_generate.py --engine openai --prompts 128 --repeats 3 \
         --datatrove-python /work/dt-venv/bin/python
 
+``--client-cpu`` measures the openai engine's own CPU per request, no model involved: a stub server in a
+child process holds every request for ``--stub-delay`` seconds and answers with a vLLM-shaped body, while
+``OpenAIEngine`` sends ``--prompts`` requests, all in flight, over httpx and over the lean client that plain
+``http://`` URLs use (pipeline/engines/http1.py). On a small machine that CPU is taken from a local server.
+
+    .venv/bin/python scripts/bench_generate.py --client-cpu --prompts 512 --repeats 3
+
 ``hf`` runs the stage through transformers ``generate``. All report tokens/s on the same prompts
 (server/model start-up excluded).
 """
@@ -73,6 +80,11 @@ def parse_args() -> argparse.Namespace:
         "--datatrove-python", help="openai: a Python with datatrove installed (default: $DATATROVE_PYTHON)"
     )
     p.add_argument("--no-seed", action="store_true", help="openai: also run ours and plain without seeds")
+    p.add_argument(
+        "--client-cpu", action="store_true", help="CPU ms per request of the openai engine, httpx vs lean"
+    )
+    p.add_argument("--stub-delay", type=float, default=1.0, help="--client-cpu: seconds the stub holds each")
+    p.add_argument("--stub-child", help=argparse.SUPPRESS)  # internal: the stub server, its delay
     p.add_argument("--datatrove-child", help=argparse.SUPPRESS)  # internal: one datatrove run, JSON spec
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args()
@@ -80,6 +92,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.client_cpu:
+        figures = bench_client_cpu(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return
     from pipeline import templates
     from pipeline.models import resolve
     from pipeline.recipe import ModelConfig, RunContext
@@ -286,6 +303,100 @@ def bench_openai(args, model_dir: str, inp: Path, work: Path, conversations: lis
         stop_server(server)
 
 
+# A vLLM answer to one arithmetic prompt at 64 tokens, as the stub sends it (~900 bytes).
+STUB_ANSWER = {
+    "id": "chatcmpl-0123456789abcdef0123456789abcdef", "object": "chat.completion", "created": 1760000000,
+    "model": "bench", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "37 + 48: 7 + 8 = 15, carry 1; 3 + 4 + 1 = 8. "
+        "So the answer is 85, and here the words run on to fill sixty-four tokens of output. #### 85",
+        "refusal": None, "annotations": None, "audio": None, "function_call": None, "tool_calls": [],
+        "reasoning_content": None}, "logprobs": None, "finish_reason": "length", "stop_reason": None}],
+    "service_tier": None, "system_fingerprint": None, "prompt_logprobs": None, "kv_transfer_params": None,
+    "usage": {"prompt_tokens": 80, "total_tokens": 144, "completion_tokens": 64, "prompt_tokens_details": None},
+}  # fmt: skip
+
+
+def stub_child(delay: float) -> None:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 that answers every POST with STUB_ANSWER after ``delay``
+    seconds; prints its port. Runs in its own process, so its CPU is not the client's."""
+    import asyncio
+
+    body = json.dumps(STUB_ANSWER).encode()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+    async def handle(reader, writer) -> None:
+        try:
+            while await reader.readline():
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                await asyncio.sleep(delay)
+                writer.write(answer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=2048)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def bench_client_cpu(args) -> dict:
+    """CPU ms per request of OpenAIEngine over httpx and over the lean client, against the stub."""
+    import resource
+
+    from pipeline.engines import GenRequest
+    from pipeline.engines.openai import OpenAIEngine
+
+    stub = subprocess.Popen(
+        [sys.executable, __file__, "--stub-child", str(args.stub_delay)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{int(stub.stdout.readline())}/v1"
+        messages = [{"role": "user", "content": "What is 37 + 48? End with #### and the answer."}]
+        requests = [
+            GenRequest(id=str(i), messages=messages, temperature=0.8, max_tokens=64, seed=i)
+            for i in range(args.prompts)
+        ]
+        figures: dict = {"prompts": args.prompts, "stub_delay_s": args.stub_delay, "cpu_ms_per_request": {}}
+        for rep in range(args.repeats):
+            line = []
+            for client in ("httpx", "auto") if rep % 2 == 0 else ("auto", "httpx"):
+                engine = OpenAIEngine(url, "bench", server_metrics=False, http_client=client)
+                engine.generate(requests[:16])  # warm-up: imports and first connections
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                t0 = time.perf_counter()
+                results = engine.generate(requests)
+                wall = time.perf_counter() - t0
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                assert all(r.error is None for r in results), results[0].error
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                name = "lean" if client == "auto" else "httpx"
+                figures["cpu_ms_per_request"].setdefault(name, []).append(1000 * cpu / len(requests))
+                line.append(f"{name} {1000 * cpu / len(requests):.2f} ms CPU/request ({wall:.1f} s wall)")
+            print(f"[client-cpu] round {rep} (load {os.getloadavg()[0]:.1f}): {' | '.join(line)}", flush=True)
+        median = {k: statistics.median(v) for k, v in figures["cpu_ms_per_request"].items()}
+        print(
+            f"[client-cpu] median over {args.repeats} rounds, {args.prompts} requests in flight: "
+            f"httpx {median['httpx']:.2f} ms, lean {median['lean']:.2f} ms CPU per request "
+            f"({median['httpx'] / max(median['lean'], 1e-9):.0f}x)",
+            flush=True,
+        )
+        figures["median"] = median
+        return figures
+    finally:
+        stub.kill()
+        stub.wait()
+
+
 def datatrove_python(given: str | None) -> str | None:
     """The interpreter that runs the datatrove arm, or None when there is none."""
     candidate = given or os.environ.get("DATATROVE_PYTHON")
@@ -397,5 +508,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 if __name__ == "__main__":  # vLLM spawns its engine process: the guard is required
     if "--datatrove-child" in sys.argv:
         datatrove_child(sys.argv[sys.argv.index("--datatrove-child") + 1])
+    elif "--stub-child" in sys.argv:
+        stub_child(float(sys.argv[sys.argv.index("--stub-child") + 1]))
     else:
         main()

