@@ -7,14 +7,17 @@
     .venv/bin/python scripts/exp_teacher.py --table levers --rows self-taught   # one row
 
 The teacher is the embedded Qwen2.5-Coder-0.5B-Instruct, the student SmolLM2-135M-Instruct (LoRA SFT,
-scripts/configs/sft.yaml: one epoch, batch 8). Every generation answers the same 240 training prompts
+scripts/configs/sft.yaml: three epochs, batch 8). Every generation answers the same 240 training prompts
 (the quickstart's source), 4 samples each, verified by the math verifier with the quickstart's dedup.
 
 Lever table (one seed per row): raw teacher output, then each lever alone, then all of them:
 - prompting: few-shot turns that show the calculation (prompts/shots/arithmetic_worked.jinja);
 - diversity: temperature 1.0 and top_p 1.0 instead of 0.8 / 0.95;
 - mixing: the teacher's verified answers together with the student's own verified answers;
-- selection: of each prompt's verified answers, keep the one the student finds most likely.
+- selection: of each prompt's verified answers, keep the one the student finds most likely;
+- rephrasing (with prompting): the teacher rewrites each question twice, as a story, an instruction or in
+  other words (the `rephrase` stage), and answers the rewrites too. Its control arm answers as many new
+  source questions instead, so "more prompts" alone cannot explain a gain.
 Multi-teacher table: each teacher alone and both under each keep rule (first, shortest,
 student_likelihood), one answer per prompt, every arm cut to the same number of training rows.
 
@@ -45,12 +48,16 @@ WORKED = {
     "shots_template": "shots/arithmetic_worked.jinja",
 }
 DIVERSE = {"temperature": 1.0, "top_p": 1.0}
-GENERATIONS = {  # name: (teacher, generate settings on top of the quickstart's)
+REPHRASE = [{"rephrase": {"per_prompt": 2}}]  # two teacher-written wordings of each source question
+GENERATIONS = {  # name: (teacher, generate settings on top of the quickstart's[, stages before generate, n])
     "qwen-raw": (QWEN, {}),
     "qwen-worked": (QWEN, WORKED),
     "qwen-diverse": (QWEN, DIVERSE),
     "qwen-all": (QWEN, {**WORKED, **DIVERSE}),
     "smollm2": (SMOL, {}),
+    "qwen-rephrased": (QWEN, WORKED, REPHRASE),
+    # the "more data" control of the rephrase lever: as many source questions as the rephrased prompts
+    "qwen-worked-more": (QWEN, WORKED, [], "rephrased"),
 }
 LIKELY = {"max_per_prompt": 1, "keep": "student_likelihood"}
 TABLES = {
@@ -60,6 +67,8 @@ TABLES = {
         ("+ diversity (temperature 1.0, top_p 1.0)", ["qwen-diverse"], {}),
         ("+ mixing (with the student's own verified answers)", ["qwen-raw", "smollm2"], {}),
         ("+ selection (the answer the student finds most likely)", ["qwen-raw"], LIKELY),
+        ("+ prompting + rephrasing (2 teacher-written wordings each)", ["qwen-rephrased"], {}),
+        ("+ prompting, control: as many source questions", ["qwen-worked-more"], {}),
         ("all levers", ["qwen-all", "smollm2"], {"max_per_prompt": 2, "keep": "student_likelihood"}),
         ("self-taught (no Qwen: SmolLM2 teaches itself)", ["smollm2"], {}),
     ],
@@ -79,6 +88,7 @@ RECIPE = {
 GENERATE = {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": 96}
 VERIFY = {"verifiers": ["math"], "dedup": {"minhash_threshold": 0.9}}
 TEST_LIMIT, TEST_TOKENS = 100, 96
+EPOCHS = 3  # over the SFT rows, as scripts/configs/sft.yaml (arms from the 1-epoch days keep their figure)
 
 
 def distill(*args: str) -> None:
@@ -92,24 +102,34 @@ def distill(*args: str) -> None:
 
 def generation(out: Path, name: str, seed: int) -> Path:
     """The verify folder of one generation (prompts -> generate -> verify), run once and shared by arms."""
-    teacher, settings = GENERATIONS[name]
+    teacher, settings, before, n_like = (*GENERATIONS[name], [], None)[:4]
     run = out / "gen" / f"{name}-s{seed}"
-    if not (run / "02-verify" / "manifest.json").exists():
+    verify = run / f"{len(before) + 2:02d}-verify"
+    if not (verify / "manifest.json").exists():
+        source = dict(RECIPE["source"])
+        if n_like:  # as many source questions as the prompts another generation answered
+            like = generation(out, f"qwen-{n_like}", seed).parent / "01-rephrase" / "manifest.json"
+            source["n"] = json.loads(like.read_text())["rows_out"]
         recipe = {
             "run": run.name,
             **RECIPE,
+            "source": source,
             "teacher": {**RECIPE["teacher"], "model": teacher},
-            "stages": [{"generate": {**GENERATE, **settings, "seed": seed}}, {"verify": VERIFY}],
+            "stages": [*before, {"generate": {**GENERATE, **settings, "seed": seed}}, {"verify": VERIFY}],
         }
         run.mkdir(parents=True, exist_ok=True)
         (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         distill("run", str(run / "recipe.yaml"), "--run-dir", str(run))
-    return run / "02-verify"
+    return verify
 
 
 def teacher_tokens(verify: Path) -> int:
-    generate = json.loads((verify.parent / "01-generate" / "manifest.json").read_text())
-    return int(generate["tokens"]["completion"])
+    """Completion tokens the teacher wrote for a generation: its answers, and its rewrites if any."""
+    return sum(
+        int(json.loads((verify.parent / stage / "manifest.json").read_text())["tokens"]["completion"])
+        for stage in ("01-rephrase", "01-generate", "02-generate")
+        if (verify.parent / stage / "manifest.json").exists()
+    )
 
 
 def export_arm(folder: Path, verifies: list[Path], options: dict) -> Path:
@@ -152,9 +172,9 @@ def sft_rows(export_dir: Path) -> int:
     return store.load_table(export_dir / "data" / "sft").num_rows
 
 
-def train(folder: Path, dataset: Path, seed: int) -> tuple[Path, float]:
+def train(folder: Path, dataset: Path, seed: int, epochs: int) -> tuple[Path, float]:
     config = yaml.safe_load((REPO / "scripts" / "configs" / "sft.yaml").read_text())
-    config.update(dataset=str(dataset), output_dir=str(folder / "train"), seed=seed)
+    config.update(dataset=str(dataset), output_dir=str(folder / "train"), seed=seed, num_train_epochs=epochs)
     path = folder / "sft.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     manifest = folder / "train" / "manifest.json"
@@ -173,27 +193,36 @@ def score(model: str, adapter: Path | None, out: Path) -> dict:
     return {f: v["pass@1"] for f, v in result["by_phrasing"].items()} | {"all": result["pass@1"]}
 
 
-def run_table(out: Path, table: str, seed: int, results: dict, only: list[str] | None = None) -> None:
+def arm_folder(out: Path, table: str, row: str, seed: int, epochs: int) -> Path:
+    return out / table / (f"{_slug(row)}-s{seed}" + (f"-e{epochs}" if epochs != 1 else ""))
+
+
+def run_table(
+    out: Path, table: str, seed: int, results: dict, only: list[str] | None = None, epochs: int = EPOCHS
+) -> None:
     arms = [a for a in TABLES[table] if not only or any(word in a[0] for word in only)]
     equal = None
     if table == "teachers":  # every arm's export first: they are cut to the smallest one's rows
         equal = min(
             sft_rows(
-                export_arm(out / table / f"{_slug(r)}-s{seed}", [generation(out, g, seed) for g in gens], o)
+                export_arm(
+                    arm_folder(out, table, r, seed, epochs), [generation(out, g, seed) for g in gens], o
+                )
             )
             for r, gens, o in arms
         )
     for row, gens, options in arms:  # arm by arm: each finished arm is a row of the table
-        folder = out / table / f"{_slug(row)}-s{seed}"
+        folder = arm_folder(out, table, row, seed, epochs)
         verifies = [generation(out, g, seed) for g in gens]
         exp = export_arm(folder, verifies, options)
         dataset = cut_rows(exp, equal, seed) if equal else exp
         t0 = time.perf_counter()
-        adapter, train_s = train(folder, dataset, seed)
+        adapter, train_s = train(folder, dataset, seed, epochs)
         scores = score(SMOL, adapter, folder / "test.json")
-        results.setdefault(table, {})[f"{row} | s{seed}"] = {
+        results.setdefault(table, {})[f"{row} | s{seed} | e{epochs}"] = {
             "row": row,
             "seed": seed,
+            "epochs": epochs,
             "test": scores,
             "rows": sft_rows(dataset),
             "teacher_tokens": sum(teacher_tokens(v) for v in verifies),
@@ -218,13 +247,13 @@ def report(results: dict) -> str:
             continue
         lines += [
             f"\n### {key}",
-            "| arm | seed | test heldout | test wide | rows | teacher tokens | train s |",
+            "| arm | seed | epochs | test heldout | test wide | rows | teacher tokens | train s |",
         ]
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for r in results[key].values():
             t = r["test"]
             lines.append(
-                f"| {r['row']} | {r.get('seed', '')} | {t['heldout']:.1%} | {t['wide']:.1%} | {r.get('rows', '')} "
+                f"| {r['row']} | {r.get('seed', '')} | {r.get('epochs', 1 if 'seed' in r else '')} | {t['heldout']:.1%} | {t['wide']:.1%} | {r.get('rows', '')} "
                 f"| {r.get('teacher_tokens', '')} | {r.get('train_s', '')} |"
             )
     return "\n".join(lines)
@@ -237,6 +266,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "exp_teacher")
     parser.add_argument("--report", action="store_true", help="print the tables from finished arms and stop")
     parser.add_argument("--rows", nargs="+", help="run only the rows whose name contains one of these words")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="SFT epochs of every arm")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
@@ -244,7 +274,7 @@ def main() -> None:
     if not args.report:
         for seed in args.seeds:
             for table in TABLES if args.table == "all" else [args.table]:
-                run_table(args.out, table, seed, results, args.rows)
+                run_table(args.out, table, seed, results, args.rows, args.epochs)
                 reference = results.setdefault("reference", {})
                 for name, model in (("student before training", SMOL), ("teacher (Qwen, greedy)", QWEN)):
                     path = args.out / f"{_slug(name)}.json"
