@@ -9,7 +9,7 @@ tokens/s counts real (non-padding) tokens, identical for every variant, over the
 Prints the median per variant and the ratios to ``padded``.
 
     python scripts/bench_train.py                               # embedded model, synthetic arithmetic data
-    python scripts/bench_train.py --dataset runs/quickstart/03-export --rows 64 --repeats 3
+    python scripts/bench_train.py --dataset runs/quickstart/04-export --rows 64 --repeats 3
     python scripts/bench_train.py --layers 8                    # a layer-truncated copy, for a quick look
 """
 

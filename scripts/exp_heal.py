@@ -153,7 +153,11 @@ def teacher_data(out: Path, s: dict, base_run: Path | None, engine: str) -> tupl
         verified, plain = data_dir / "02-verify", data_dir / "03-export"
     else:
         recipe_path = REPO / "scripts" / "recipes" / "quickstart.yaml"
-        verified, plain = base_run / "02-verify", base_run / "03-export"
+        # by stage name: the quickstart recipe may put stages (rephrase) before generate
+        verified, plain = (
+            next(iter(sorted(base_run.glob(f"*-{name}"))), base_run / f"??-{name}")
+            for name in ("verify", "export")
+        )
         for stage in (verified, plain):
             if not (stage / "manifest.json").exists():
                 print(

@@ -56,6 +56,8 @@ GENERATIONS = {  # name: (teacher, generate settings on top of the quickstart's[
     "qwen-all": (QWEN, {**WORKED, **DIVERSE}),
     "smollm2": (SMOL, {}),
     "qwen-rephrased": (QWEN, WORKED, REPHRASE),
+    # the quickstart's recipe: the same rewrites, one answer per question (about the tokens of qwen-worked)
+    "qwen-rephrased-n1": (QWEN, {**WORKED, "n": 1}, REPHRASE),
     # the "more data" control of the rephrase lever: as many source questions as the rephrased prompts
     "qwen-worked-more": (QWEN, WORKED, [], "rephrased"),
 }
@@ -69,6 +71,7 @@ TABLES = {
         ("+ selection (the answer the student finds most likely)", ["qwen-raw"], LIKELY),
         ("+ prompting + rephrasing (2 teacher-written wordings each)", ["qwen-rephrased"], {}),
         ("+ prompting, control: as many source questions", ["qwen-worked-more"], {}),
+        ("+ prompting + rephrasing, 1 answer per question (the quickstart)", ["qwen-rephrased-n1"], {}),
         ("all levers", ["qwen-all", "smollm2"], {"max_per_prompt": 2, "keep": "student_likelihood"}),
         ("self-taught (no Qwen: SmolLM2 teaches itself)", ["smollm2"], {}),
     ],

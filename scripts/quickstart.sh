@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded models, on the CPU (about 20 minutes on 2 quiet cores):
-#   the teacher Qwen2.5-Coder-0.5B-Instruct answers arithmetic prompts with worked steps (4 samples each)
-#   -> verify (math) -> export -> LoRA SFT of the student SmolLM2-135M-Instruct -> evaluate the teacher and
-#   the student before/after on both held-out wording families -> data card + report.
+#   the teacher Qwen2.5-Coder-0.5B-Instruct rewrites 240 arithmetic questions in new wordings (2 each), then
+#   answers every question once with worked steps -> verify (math) -> export -> LoRA SFT of the student
+#   SmolLM2-135M-Instruct -> evaluate the teacher and the student before/after on both held-out wording
+#   families -> data card + report.
 #   bash scripts/quickstart.sh
 # Rerunning it resumes: finished stages and evaluations are skipped.
 set -euo pipefail
@@ -19,7 +20,7 @@ step() { echo "== $1"; SECONDS=0; }
 took() { echo "   ($SECONDS s)"; echo "$1 $SECONDS" >> $RUN/timings.txt; }
 
 mkdir -p $RUN && : > $RUN/timings.txt
-step "1/6 build the dataset: prompts -> generate (teacher) -> verify -> export"
+step "1/6 build the dataset: prompts -> rephrase (teacher) -> generate (teacher) -> verify -> export"
 $D run scripts/recipes/quickstart.yaml
 $D status $RUN
 took dataset

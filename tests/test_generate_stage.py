@@ -240,9 +240,11 @@ def test_unseeded_run_records_no_seed(vllm_engine, tmp_path):
 
 
 def test_progress_bar_shows_tokens_rate_and_eta(monkeypatch):
-    bar = generate._Progress(enabled=True)
+    from pipeline import progress
+
+    bar = progress.TokenProgress(enabled=True, desc="generate")
     bar.start(samples=10, max_tokens=50)
-    monkeypatch.setattr(generate.time, "perf_counter", lambda: bar.t0 + 2.0)
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: bar.t0 + 2.0)
     assert bar.postfix(bar.t0 + 4.0) == "0 tok, 0.0 tok/s"
     bar.update(0, 2)
     assert bar.postfix(bar.t0 + 4.0).startswith("2 tok, 0.5 tok/s")  # a slow start does not read as 0

@@ -31,6 +31,7 @@ import pyarrow as pa
 from pipeline import store, templates
 from pipeline.engines import model_identity
 from pipeline.errors import UserError
+from pipeline.progress import TokenProgress
 from pipeline.recipe import RunContext
 from pipeline.rows import PROMPT_SCHEMA as SCHEMA
 from pipeline.rows import meta_of, prompt_of
@@ -99,6 +100,7 @@ def run(
     overwrite: bool = False,
     engine=None,
     executor=None,
+    progress: bool = True,
 ) -> dict | None:
     """Run the stage. ``engine`` may be a ready teacher engine (tests share one). ``executor``
     (pipeline/executors.py) runs the shards elsewhere: a Ray cluster or a Slurm array."""
@@ -117,7 +119,7 @@ def run(
         "inputs": [input_ref(input_dir)],
         "models": {"teacher": model_identity(context.teachers[0])},
     }
-    stage = RephraseStage(config, context.teachers[0], engine=engine)
+    stage = RephraseStage(config, context.teachers[0], engine=engine, progress=progress)
     shards = num_shards or max(1, -(-rows.num_rows // config.shard_size))
     return stage.run_shards(
         rows,
@@ -140,12 +142,17 @@ class RephraseStage(Stage):
     reads = ("id", "task", "prompt", "messages", "reference", "meta")
     writes = tuple(SCHEMA.names)
 
-    def __init__(self, config: Config, teacher, engine=None) -> None:
+    def __init__(self, config: Config, teacher, engine=None, progress: bool = False) -> None:
         self.config = config
         self.teacher = teacher
         self.gpus = teacher.gpus
+        self.progress = progress
         self._engine = engine
         self._owned = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.progress = False  # a worker elsewhere has no terminal to draw a bar on
 
     def _get_engine(self):
         if self.__dict__.get("_engine") is None:
@@ -180,7 +187,13 @@ class RephraseStage(Stage):
             for row in sources
             for k in range(cfg.per_prompt)
         ]
-        results = self._get_engine().generate(requests)
+        engine = self._get_engine()
+        bar = TokenProgress(enabled=self.progress, desc="rephrase")
+        bar.start(len(requests), cfg.max_tokens)
+        try:
+            results = engine.generate(requests, progress=bar.update)
+        finally:
+            bar.close()
         seen = {prompt_id(r["task"], prompt_of(r)) for r in sources}
         kept = [_source_row(r) for r in sources] if cfg.keep_source else []
         rejected: list[dict] = []

@@ -130,7 +130,7 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
         )
     if not isinstance(dataset, str) or not dataset:
         raise UserError(
-            "training config needs `dataset: <export folder>`, e.g. `dataset: runs/quickstart/03-export`"
+            "training config needs `dataset: <export folder>`, e.g. `dataset: runs/quickstart/04-export`"
         )
     if not isinstance(merge, bool):
         raise UserError(f"`merge` must be true or false, got {merge!r}")
