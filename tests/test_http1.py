@@ -16,6 +16,7 @@ import socketserver
 import threading
 import time
 
+import httpx
 import pytest
 
 from pipeline.engines import GenRequest, http1
@@ -215,7 +216,6 @@ def test_usable_only_for_plain_http_without_a_proxy(monkeypatch):
 def test_engine_picks_the_client_by_url():
     engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
     assert isinstance(engine._client("http://127.0.0.1:9/v1", {}, 1.0, 1, False), http1.Client)
-    httpx = pytest.importorskip("httpx")
     assert isinstance(engine._client("https://example.com/v1", {}, 1.0, 1, None), httpx.AsyncClient)
     pinned = OpenAIEngine("http://127.0.0.1:9/v1", "m", http_client="httpx")
     assert isinstance(pinned._client("http://127.0.0.1:9/v1", {}, 1.0, 1, False), httpx.AsyncClient)
