@@ -22,6 +22,7 @@ from datasets import load_from_disk
 
 from pipeline import templates
 from pipeline.errors import UserError
+from pipeline.progress import ProgressBar
 from pipeline.recipe import ModelConfig, RunContext
 from pipeline.stages import generate
 from pipeline.tasks import load_task
@@ -240,7 +241,7 @@ def test_unseeded_run_records_no_seed(vllm_engine, tmp_path):
 
 
 def test_progress_bar_shows_tokens_rate_and_eta(monkeypatch):
-    bar = generate._Progress(enabled=True)
+    bar = ProgressBar(enabled=True)
     bar.start(samples=10, max_tokens=50)
     monkeypatch.setattr(generate.time, "perf_counter", lambda: bar.t0 + 2.0)
     assert bar.postfix(bar.t0 + 4.0) == "0 tok, 0.0 tok/s"

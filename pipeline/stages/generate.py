@@ -15,8 +15,8 @@ seed and the row id, so a row's completions do not depend on sharding, batching 
 (``--no-seed``) sends no seed at all, for servers that refuse or mishandle them; the ``seed`` column is then
 null and the manifest says ``seeded: false``: a rerun gives other completions.
 
-The progress bar counts samples and completion tokens as the engine makes them, with tokens/s and an ETA
-from the token rate.
+The progress bar (pipeline/progress.py) counts samples and completion tokens as the engine makes them, with
+tokens/s and an ETA from the token rate.
 
 Several teachers: the work is cut teacher-major (all shards of teacher 1, then of teacher 2, ...), so only
 one engine is loaded at a time, and each shard is a unit of resume.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import pyarrow.compute as pc
 from pipeline import store, templates
 from pipeline.engines import load_teacher, teacher_identity
 from pipeline.errors import UserError
+from pipeline.progress import ProgressBar
 from pipeline.recipe import ModelConfig, RunContext
 from pipeline.rows import MESSAGES, PROMPT_SCHEMA, messages_of
 from pipeline.stages import Stage, input_ref
@@ -245,9 +245,9 @@ class GenerateStage(Stage):
         self.progress = False  # a worker elsewhere has no terminal to draw a bar on
 
     @property
-    def _bar(self) -> _Progress:
+    def _bar(self) -> ProgressBar:
         if "_bar_obj" not in self.__dict__:
-            self._bar_obj = _Progress(enabled=self.progress)
+            self._bar_obj = ProgressBar(enabled=self.progress)
         return self._bar_obj
 
     def _engine_for(self, label: str):
@@ -470,79 +470,6 @@ def _merge_concurrency(per_shard) -> dict:
 
 def _prompt_schema() -> list:
     return [(f.name, f.type) for f in PROMPT_SCHEMA]
-
-
-class _Progress:
-    """A tqdm bar over samples, with completion tokens, tokens/s and an ETA from the token rate; silent
-    when disabled. Engines report tokens as they are made (see pipeline/engines), so the rate moves long
-    before the first prompt's samples are all done."""
-
-    REDRAW_S = 0.5
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.samples_total = self.samples = self.tokens = self.clock_tokens = 0
-        self.max_tokens = 1
-        self.t0 = self.drawn = time.perf_counter()
-
-    def start(self, samples: int, max_tokens: int = 1) -> None:
-        if not self.enabled or samples == 0:
-            return
-        from tqdm import tqdm
-
-        self.samples_total, self.max_tokens = samples, max_tokens
-        self.bar = tqdm(
-            total=samples,
-            desc="generate",
-            unit="sample",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples [{elapsed}{postfix}]",
-        )
-        self.t0 = time.perf_counter()
-
-    def update(self, samples: int, tokens: int) -> None:
-        self.samples += samples
-        self.tokens += tokens
-        self.clock_tokens += tokens
-        if self.bar is None:
-            return
-        if samples:
-            self.bar.update(samples)
-        now = time.perf_counter()
-        if now - self.drawn >= self.REDRAW_S or self.samples >= self.samples_total:
-            self.drawn = now
-            self.bar.set_postfix_str(self.postfix(now), refresh=True)
-
-    def postfix(self, now: float) -> str:
-        elapsed = now - self.t0
-        rate = self.clock_tokens / elapsed if elapsed > 0 else 0.0
-        # One decimal below 10: a teacher's first tokens on a slow CPU (0.5 tok/s) must not read as 0.
-        text = f"{self.tokens} tok, {rate:.1f} tok/s" if rate < 10 else f"{self.tokens} tok, {rate:.0f} tok/s"
-        left = self.samples_total - self.samples
-        if rate > 0 and left > 0:
-            # Tokens per sample so far (the in-flight ones make it high early on), at most max_tokens.
-            per_sample = min(self.max_tokens, self.tokens / self.samples) if self.samples else self.max_tokens
-            eta = max(0.0, self.samples_total * per_sample - self.tokens) / rate
-            text += f", ETA {int(eta // 60)}:{int(eta % 60):02d}"
-        return text
-
-    def restart_clock(self) -> None:
-        self.clock_tokens = 0
-        self.t0 = time.perf_counter()
-
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
-        elif self.enabled:
-            print(message, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.postfix(time.perf_counter()), refresh=False)
-            self.bar.close()
-            self.bar = None
 
 
 def summary(manifest: dict) -> str:
