@@ -400,10 +400,26 @@ def test_request_body_carries_sampling_settings(stub):
     )  # fmt: skip
 
 
-def test_close_exists_and_is_harmless():
-    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
+def test_generate_leaves_no_connection_open_so_close_has_nothing_to_free(stub):
+    """`close` frees nothing because each generate call closes its own connections: check that it does, and
+    that the engine still works after close (the loop keeps engines across rounds)."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    s = stub([(200, {}, 0)] * 9)
+    engine = _engine(s.url, concurrency=4)
+    before = open_fds()
+    results = engine.generate([GenRequest(id=str(i), messages=Q) for i in range(8)])
+    assert [r.error for r in results] == [None] * 8
+    deadline = time.time() + 5  # the in-process server closes its side when it reads the client's close
+    while open_fds() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert open_fds() == before, "a connection (or the call's event loop) outlived generate"
     engine.close()
     engine.close()
+    [again] = engine.generate([GenRequest(id="again", messages=Q)])
+    assert again.error is None and again.samples[0].text == "8"
 
 
 def test_several_base_urls_share_the_work(stub):
