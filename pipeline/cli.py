@@ -76,11 +76,15 @@ def cmd_retry(args) -> int:
 
 def cmd_loop(args) -> int:
     from pipeline.loop import run_loop
+    from pipeline.runner import load_recipe
 
     names = ("iterations", "max_steps", "validation_n", "patience", "mine_n", "epochs", "method", "generator")
     overrides = {k: getattr(args, k) for k in (*names, "teacher_budget_tokens")}
     summary = run_loop(
-        args.recipe, run_dir=args.run_dir, overrides={k: v for k, v in overrides.items() if v is not None}
+        args.recipe,
+        run_dir=args.run_dir,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        executor=executor_from_args(args, load_recipe(args.recipe).executor),
     )
     for m in summary["history"]:
         print(
@@ -236,6 +240,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["targeted", "task", "random", "teacher"], help="regeneration method")
     p.add_argument("--generator", choices=["teacher", "best"], help="who answers the new prompts")
     p.add_argument("--teacher-budget-tokens", type=int, help="stop once generation used this many tokens")
+    add_executor_flags(p)
     p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("train", help="train a LoRA student with TRL from a config YAML")

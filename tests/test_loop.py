@@ -13,7 +13,7 @@ from pipeline.recipe import RunContext
 from pipeline.stages import regenerate
 from pipeline.stages.regenerate import parse_problem
 from pipeline.tasks import load_task
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def _hard_prompts(tmp_path, n=3):
@@ -176,7 +176,7 @@ def test_targeted_regeneration_aims_at_the_failed_fact_and_random_is_the_control
 
 
 def test_rounds_merge_without_duplicates_and_weight_new_rows(tmp_path):
-    from pipeline.loop import _training_table
+    from pipeline.loop_tables import training_table
 
     def sft(folder, rows):
         table = pa.Table.from_pylist(
@@ -190,7 +190,7 @@ def test_rounds_merge_without_duplicates_and_weight_new_rows(tmp_path):
 
     base = sft("base", [("a", "1+1?", "2"), ("b", "2+2?", "4")])
     new = sft("new", [("a", "1+1?", "2 "), ("c", "3+3?", "6"), ("c", "3+3?", "Answer: 6")])
-    table = _training_table([base], [new], weight=3)
+    table = training_table([base], [new], weight=3)
     pairs = [(r["id"], r["messages"][-1]["content"]) for r in table.to_pylist()]
     assert pairs.count(("a", "2")) == 1  # the same answer again in a later round is not new data
     assert pairs.count(("c", "6")) == 3 and pairs.count(("c", "Answer: 6")) == 3
@@ -209,22 +209,22 @@ def _sft_folder(folder, rows):
 
 
 def test_warm_round_trains_new_rows_weighted_plus_a_replay_sample(tmp_path):
-    from pipeline.loop import _warm_table
+    from pipeline.loop_tables import warm_table
 
     old = _sft_folder(tmp_path / "old", [(f"o{i}", f"{i}+1?", str(i + 1)) for i in range(10)])
     new = _sft_folder(tmp_path / "new", [("o1", "1+1?", "2"), ("n1", "7*8?", "56"), ("n2", "6*7?", "42")])
-    table = _warm_table([old], [new], weight=2, replay=1.5, seed=0)
+    table = warm_table([old], [new], weight=2, replay=1.5, seed=0)
     ids = table.column("id").to_pylist()
     assert ids.count("n1") == ids.count("n2") == 2  # new rows, weighted
     replayed = [i for i in ids if i.startswith("o")]
     assert len(replayed) == 3 and len(set(replayed)) == 3  # 1.5 old rows per new row, no repeats
-    assert table.equals(_warm_table([old], [new], weight=2, replay=1.5, seed=0))  # deterministic
+    assert table.equals(warm_table([old], [new], weight=2, replay=1.5, seed=0))  # deterministic
     nothing_new = _sft_folder(tmp_path / "again", [("o2", "2+1?", "3")])
-    assert _warm_table([old], [nothing_new], weight=2, replay=1.0, seed=0).num_rows == 0
+    assert warm_table([old], [nothing_new], weight=2, replay=1.0, seed=0).num_rows == 0
 
 
 def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp_path):
-    from pipeline.loop import _answer_set, _hard_negative_pairs
+    from pipeline.loop_tables import answer_set, hard_negative_pairs
     from pipeline.stages.prompts import SCHEMA
 
     def prompt(rid, q, **extra):
@@ -248,7 +248,7 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
         pa.Table.from_pylist([prompt("r1", "8*7?"), prompt("h1", "7*8?")], schema=SCHEMA),
         tmp_path / "regen" / "data",
     )
-    answers = _answer_set(tmp_path / "mine", tmp_path / "regen")
+    answers = answer_set(tmp_path / "mine", tmp_path / "regen")
     assert answers.column("id").to_pylist() == ["h1", "h2", "r1"] and answers.schema.equals(SCHEMA)
     verified = pa.Table.from_pylist(
         [
@@ -258,7 +258,7 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
         ]
     )
     store.save_table(verified, tmp_path / "verify" / "data")
-    pairs = _hard_negative_pairs(tmp_path / "mine", [tmp_path / "verify"]).to_pylist()
+    pairs = hard_negative_pairs(tmp_path / "mine", [tmp_path / "verify"]).to_pylist()
     assert pairs == [
         {
             "id": "h1",
@@ -267,3 +267,30 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
             "rejected": [{"role": "assistant", "content": "Answer: 54"}],
         }
     ]  # h2 has no verified answer: no pair
+
+
+def test_distill_loop_ships_shards_where_the_recipes_executor_says(monkeypatch, tmp_path):
+    """`distill loop` takes the recipe's `executor:` as `distill run` does, and --executor overrides it."""
+    import pipeline.loop
+    from pipeline.cli import main
+
+    seen = []
+
+    def fake_run_loop(recipe, run_dir=None, overrides=None, executor=None):
+        seen.append(executor)
+        best = {"iteration": 0, "val_accuracy": 0.5, "adapter": "a"}
+        return {"history": [], "best": best, "generation_tokens": 0, "wall_s": 0.0}
+
+    monkeypatch.setattr(pipeline.loop, "run_loop", fake_run_loop)
+    recipe = str(REPO / "scripts" / "recipes" / "slurm.yaml")
+    assert main(["loop", recipe, "--run-dir", str(tmp_path)]) == 0
+    assert seen[-1].name == "slurm" and seen[-1].config.partition == "gpu"
+    assert main(["loop", recipe, "--run-dir", str(tmp_path), "--partition", "cpu"]) == 0
+    assert seen[-1].config.partition == "cpu" and seen[-1].config.time_min == 120
+    assert main(["loop", recipe, "--run-dir", str(tmp_path), "--executor", "local"]) == 0
+    assert seen[-1] is None
+    # and the loop hands it to the stages that ship (a local executor passes nothing)
+    from pipeline.executors import LocalExecutor
+
+    assert pipeline.loop.Loop(*[None] * 8, executor=seen[0]).ship == {"executor": seen[0]}
+    assert pipeline.loop.Loop(*[None] * 8, executor=LocalExecutor()).ship == {}
