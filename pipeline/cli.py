@@ -16,144 +16,19 @@ Exit codes: 0 success; 2 bad input or config (one line that names the fix); 1 an
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import types
-import typing
 from pathlib import Path
 
-import yaml
-
+from pipeline.cli_flags import add_executor_flags, executor_from_args
+from pipeline.cli_stages import make_stage_command
 from pipeline.errors import RetryPending, UserError
 from pipeline.prune import METHODS as PRUNE_METHODS
 
 STAGES = ("prompts", "rephrase", "generate", "verify", "mine", "regenerate", "self-distill", "export")
 
 
-def _scalar(tp):
-    """The scalar type a CLI flag can carry for a dataclass field type, or None."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _scalar(args[0]) if len(args) == 1 else None
-    if origin is list and typing.get_args(tp) and typing.get_args(tp)[0] in (str, int, float):
-        return list
-    if origin is typing.Literal:
-        return str
-    return tp if tp in (int, float, str, bool) else None
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> list[str]:
-    """One --flag per scalar field of a Config dataclass, with the field's help text."""
-    hints = typing.get_type_hints(cls)
-    names = []
-    for f in dataclasses.fields(cls):
-        kind = _scalar(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        if kind is None or f.name in skip or flag in parser._option_string_actions:
-            continue  # nested settings go in --config; a name taken by a common flag keeps its meaning
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f.metadata.get("help", "")
-        if default not in (None, dataclasses.MISSING) and not isinstance(default, list):
-            help_text += f" (default: {default})"
-        if kind is bool:
-            parser.add_argument(
-                flag,
-                dest=f"cfg_{f.name}",
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        elif kind is list:
-            parser.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", default=None, help=help_text)
-        else:
-            parser.add_argument(
-                flag, dest=f"cfg_{f.name}", default=None, metavar=kind.__name__.upper(), help=help_text
-            )
-        names.append(f.name)
-    return names
-
-
-def flag_values(args: argparse.Namespace, names: list[str]) -> dict:
-    """Flags that were given, parsed like YAML scalars (so --temperature 0.8 is a float)."""
-    out = {}
-    for name in names:
-        value = getattr(args, f"cfg_{name}")
-        if value is None:
-            continue
-        if isinstance(value, list):
-            out[name] = [_yaml_scalar(v) for v in value]
-        elif isinstance(value, bool):
-            out[name] = value
-        else:
-            out[name] = _yaml_scalar(value)
-    return out
-
-
-def _yaml_scalar(text: str):
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, (dict, list)) or value is None else value
-
-
 # --------------------------------------------------------------------------- commands
-
-
-def add_executor_flags(p: argparse.ArgumentParser) -> None:
-    """--executor and its options (pipeline/executors.py); they override a recipe's `executor:`."""
-    from pipeline.executors import ExecutorConfig
-
-    g = p.add_argument_group("where shards run")
-    g.add_argument(
-        "--executor",
-        choices=["local", "ray", "slurm"],
-        help="local (default: this process), ray (a Ray cluster) or slurm (an array job through submitit)",
-    )
-    g.add_argument("--address", dest="ex_address", help="ray: cluster address to join (default: start one)")
-    g.add_argument("--workers", dest="ex_workers", type=int, help="ray: engine-holding actors")
-    g.add_argument("--partition", dest="ex_partition", help="slurm: partition")
-    g.add_argument("--account", dest="ex_account", help="slurm: account")
-    g.add_argument("--time-min", dest="ex_time_min", type=int, help="slurm: minutes per array task")
-    g.add_argument("--gpus-per-task", dest="ex_gpus_per_task", type=int, help="slurm: GPUs per array task")
-    g.add_argument(
-        "--no-wait",
-        dest="ex_wait",
-        action="store_false",
-        default=None,
-        help="slurm: print the job id and return; `distill merge` finishes the stage later",
-    )
-    g.add_argument(
-        "--slurm-cluster",
-        dest="ex_cluster",
-        choices=["slurm", "local"],
-        help="slurm: `local` runs the array with submitit's local executor (no Slurm needed)",
-    )
-    p.set_defaults(_executor_fields=[f.name for f in dataclasses.fields(ExecutorConfig)])
-
-
-def executor_from_args(args, base=None):
-    """The executor the flags ask for, on top of a recipe's `executor:` (None: local)."""
-    from pipeline.config import from_dict, to_dict
-    from pipeline.executors import build_executor
-
-    settings = to_dict(base) if base is not None else {}
-    if getattr(args, "executor", None):
-        settings["kind"] = args.executor
-    for name in getattr(args, "_executor_fields", []):
-        value = getattr(args, f"ex_{name}", None)
-        if value is not None:
-            settings[name] = value
-    if not settings or settings.get("kind", "local") == "local":
-        if any(k != "kind" for k in settings) and base is None:
-            flags = ", ".join("--" + k.replace("_", "-") for k in settings if k != "kind")
-            raise UserError(f"{flags} need --executor ray or --executor slurm")
-        return None
-    from pipeline.executors import ExecutorConfig
-
-    return build_executor(from_dict(ExecutorConfig, settings, "executor"))
 
 
 def cmd_run(args) -> int:
@@ -199,165 +74,17 @@ def cmd_retry(args) -> int:
     return 0
 
 
-def _context_from_args(args, stage: str):
-    from pipeline.config import from_dict
-    from pipeline.recipe import ModelConfig, RunContext, StudentConfig
-    from pipeline.tasks import SourceConfig
-
-    teachers = []
-    for i, spec in enumerate(getattr(args, "teacher", None) or []):
-        options = {"model": spec, "engine": args.engine}
-        if args.base_url:
-            options["base_url"] = args.base_url[0] if len(args.base_url) == 1 else args.base_url
-        for key in ("concurrency", "max_retries", "served_model_name"):
-            if getattr(args, key, None) is not None:
-                options[key] = getattr(args, key)
-        teachers.append(from_dict(ModelConfig, options, f"--teacher[{i}]"))
-    critic_spec = getattr(args, "critic", None)
-    critic = (
-        from_dict(ModelConfig, {"model": critic_spec, "engine": args.engine}, "--critic")
-        if critic_spec
-        else None
-    )
-    student_spec = getattr(args, "student", None)
-    student = from_dict(StudentConfig, {"model": student_spec}, "--student") if student_spec else None
-    source = None
-    if stage == "prompts":
-        src = {"split": args.split, "seed": args.seed}
-        if args.input:
-            src["path"] = str(args.input)
-            src["task"] = args.task
-        else:
-            src["task"] = args.task or "arithmetic"
-        for key in ("n", "prompt_column", "reference_column", "messages_column", "id_column"):
-            if getattr(args, key) is not None:
-                src[key] = getattr(args, key)
-        source = from_dict(SourceConfig, src, "source")
-    return RunContext(
-        teachers=teachers, student=student, critic=critic, source=source, run_dir=Path(args.output).parent
-    )
-
-
-def make_stage_command(sub, stage: str):
-    from pipeline.runner import stage_module
-
-    try:
-        module = stage_module(stage)
-    except UserError:
-        return  # stage not in this version
-    doc = (module.__doc__ or "").strip()
-    p = sub.add_parser(
-        stage,
-        help=doc.splitlines()[0] if doc else stage,
-        description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--input",
-        type=Path,
-        required=stage != "prompts",
-        help="input: a stage folder, a datasets folder, .jsonl or .parquet"
-        + (" (user data)" if stage == "prompts" else ""),
-    )
-    p.add_argument("--output", type=Path, required=True, help="output stage folder")
-    p.add_argument("--config", type=Path, help="YAML file with this stage's settings (flags override it)")
-    p.add_argument("--num-shards", type=int, help="split the work into N shards (default: by shard_size)")
-    p.add_argument(
-        "--shard-index", type=int, help="run only shard i (0-based); join later with `distill merge`"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing, different result in --output"
-    )
-    if stage == "prompts":
-        p.add_argument("--task", help="built-in task (arithmetic, humaneval), or a label for --input rows")
-        p.add_argument("--n", type=int, help="number of prompts")
-        p.add_argument("--split", default="train", help="train, validation or test")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--prompt-column")
-        p.add_argument("--reference-column")
-        p.add_argument("--messages-column")
-        p.add_argument("--id-column")
-        names = add_config_flags(p, module.Config)
-    else:
-        p.add_argument("--teacher", action="append", help="teacher model spec (repeat for several teachers)")
-        p.add_argument("--critic", help="critic model spec (verify)")
-        p.add_argument("--student", help="student model spec (mine)")
-        p.add_argument(
-            "--engine", default="vllm", choices=["vllm", "openai", "hf"], help="engine for --teacher/--critic"
-        )
-        p.add_argument(
-            "--base-url",
-            nargs="+",
-            help="openai engine: server URL(s), e.g. http://127.0.0.1:8000/v1; several spread the requests",
-        )
-        p.add_argument(
-            "--concurrency",
-            type=int,
-            help="openai engine: pin the requests in flight per server (default: adapt to the server)",
-        )
-        p.add_argument(
-            "--max-retries", type=int, help="openai engine: retries of a 5xx/429/timeout (default: 6)"
-        )
-        p.add_argument("--served-model-name", help="openai engine: the model name the server expects")
-        names = add_config_flags(p, module.Config)
-        if stage == "generate":
-            p.add_argument(
-                "--no-seed",
-                action="store_true",
-                help="send no sampling seed (seed: null), for servers that refuse or crash on seeds; "
-                "completions are then not reproducible",
-            )
-    add_executor_flags(p)
-    p.set_defaults(func=lambda args: cmd_stage(args, stage, module, names))
-
-
-def cmd_stage(args, stage: str, module, names: list[str]) -> int:
-    from pipeline.config import from_dict, load_yaml
-
-    settings = load_yaml(args.config) if args.config else {}
-    settings.update(flag_values(args, names))
-    if getattr(args, "no_seed", False):
-        if getattr(args, "cfg_seed", None) is not None:
-            raise UserError("--seed and --no-seed contradict each other; keep one")
-        settings["seed"] = None
-    config = from_dict(module.Config, settings, f"{stage} config")
-    context = _context_from_args(args, stage)
-    input_path = None if stage == "prompts" else args.input
-    executor = executor_from_args(args)
-    if executor is not None and args.shard_index is not None:
-        raise UserError("--shard-index runs one shard here; drop it to let --executor run the shards")
-    from pipeline.runner import run_stage
-
-    manifest = run_stage(
-        stage,
-        config,
-        input_path,
-        args.output,
-        context,
-        executor=executor,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        overwrite=args.overwrite,
-    )
-    if manifest is None and executor is not None:
-        return 0  # submitted without waiting; the executor said how to finish
-    if manifest is None:
-        print(
-            f"{args.output}: shard {args.shard_index} done; other shards remain (then `distill merge {args.output}`)"
-        )
-        return 0
-    summary = module.summary(manifest) if hasattr(module, "summary") else f"{manifest['rows_out']} rows"
-    print(f"{args.output}: {summary}")
-    return 0
-
-
 def cmd_loop(args) -> int:
     from pipeline.loop import run_loop
+    from pipeline.runner import load_recipe
 
     names = ("iterations", "max_steps", "validation_n", "patience", "mine_n", "epochs", "method", "generator")
     overrides = {k: getattr(args, k) for k in (*names, "teacher_budget_tokens")}
     summary = run_loop(
-        args.recipe, run_dir=args.run_dir, overrides={k: v for k, v in overrides.items() if v is not None}
+        args.recipe,
+        run_dir=args.run_dir,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        executor=executor_from_args(args, load_recipe(args.recipe).executor),
     )
     for m in summary["history"]:
         print(
@@ -513,6 +240,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["targeted", "task", "random", "teacher"], help="regeneration method")
     p.add_argument("--generator", choices=["teacher", "best"], help="who answers the new prompts")
     p.add_argument("--teacher-budget-tokens", type=int, help="stop once generation used this many tokens")
+    add_executor_flags(p)
     p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("train", help="train a LoRA student with TRL from a config YAML")

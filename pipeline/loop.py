@@ -18,28 +18,45 @@ fresh sample must then agree with in verify; label answers must be in verify's `
 (`source: {path: ...}`) has no built-in splits: `loop.validation_path` names the validation file, and the
 student is mined on the source rows themselves.
 
-Everything lives under `runs/<run>/loop/`: `validation/`, `mine-pool/`, `teacher-validation.json`,
-`iter_<k>/{train-data,train,validate,mine,regenerate,generate,verify,generate-more,verify-more,export}/`,
-`iter_<k>/metrics.json` and `summary.json`. Every step is a stage folder or a training manifest, so a killed
-loop resumes where it stopped.
+A round is the named steps of `ROUND_STEPS`, one folder each under `runs/<run>/loop/iter_<k>/`: stages
+(validate and mine are the mine stage, then regenerate, generate, verify, export), training runs (train,
+train-dpo) and the tables the loop builds between them (train-data, to-answer, hard-prompts, hard-negatives:
+pipeline/loop_tables.py). Every folder gets its manifest last, so a killed loop replays the finished steps
+from their manifests and resumes inside the step it was in. `loop/` also holds `validation/`,
+`mine-pool[-k]/`, `teacher-validation.json`, `iter_<k>/metrics.json` and `summary.json`. The generate,
+verify and export steps run their shards where the recipe's `executor:` (or --executor) says, as in
+`distill run`; the student's scoring and mining stay in this process, on the engine the loop keeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import pyarrow as pa
 
 from pipeline import store
 from pipeline.config import from_dict
 from pipeline.errors import UserError
-from pipeline.recipe import LoopConfig, ModelConfig, Recipe
+from pipeline.loop_engines import LoopEngines, lora_rank
+from pipeline.loop_tables import (
+    answer_set,
+    hard_negative_pairs,
+    short_prompts,
+    table_step,
+    training_table,
+    warm_table,
+)
+from pipeline.recipe import LoopConfig, ModelConfig, Recipe, RunContext, SourceConfig
 from pipeline.runner import load_recipe, run_context, run_recipe, stage_dirs, stage_module
+
+# A round's steps, in order; each leaves iter_<k>/<step>/ with a manifest (the -more steps only when some
+# prompts got fewer than `stop_at` verified answers, train-dpo only with hard negatives from the last round).
+ROUND_STEPS = tuple(
+    "train-data train train-dpo validate mine regenerate to-answer generate verify hard-prompts generate-more "
+    "verify-more hard-negatives export export-more".split()
+)
 
 
 def _stage_config(recipe: Recipe, name: str):
@@ -49,197 +66,304 @@ def _stage_config(recipe: Recipe, name: str):
     return stage_module(name).Config()
 
 
-def _training_table(base: list[Path], new: list[Path], weight: int) -> pa.Table:
-    """All verified rows so far: duplicates across rounds dropped (same prompt, same answer), and each row
-    of a later round repeated `weight` times."""
-    seen: set[tuple[str, str]] = set()
-    parts = []
-    for folders, times in ((base, 1), (new, weight)):
-        for folder in folders:
-            table = store.load_table(folder)
-            keep = []
-            for i, (rid, messages) in enumerate(
-                zip(table.column("id").to_pylist(), table.column("messages").to_pylist(), strict=True)
-            ):
-                key = (rid, messages[-1]["content"].strip())
-                if key not in seen:
-                    seen.add(key)
-                    keep.append(i)
-            parts += [table.take(pa.array(keep, pa.int64()))] * times
-    return store.concat(parts)
-
-
-def _warm_table(old: list[Path], new: list[Path], weight: int, replay: float, seed: int) -> pa.Table:
-    """A warm-started round's data: the new verified rows (not seen in `old`) repeated `weight` times, plus
-    a replay sample of `replay` old rows per new row, so the student keeps what it learned before."""
-    everything = _training_table(old, new, 1)
-    n_old = _training_table(old, [], 1).num_rows
-    fresh = everything.slice(n_old)
-    if fresh.num_rows == 0:
-        return fresh
-    rng = random.Random(seed)
-    picked = sorted(rng.sample(range(n_old), min(n_old, round(replay * fresh.num_rows))))
-    return store.concat([fresh] * weight + [everything.take(pa.array(picked, pa.int64()))])
-
-
-def _answer_set(hard_dir: Path, regen_dir: Path) -> pa.Table:
-    """The prompts the generator answers: the mined hard prompts themselves (their verified answers are the
-    `chosen` side of the hard negatives), then the regenerated ones, each id once."""
-    from pipeline.stages.prompts import SCHEMA
-
-    seen: set[str] = set()
-    rows = []
-    for folder in (hard_dir, regen_dir):
-        for row in store.load_table(folder / "data").select(SCHEMA.names).to_pylist():
-            if row["id"] not in seen:
-                seen.add(row["id"])
-                rows.append(row)
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
-
-
-def _hard_negative_pairs(hard_dir: Path, verified: list[Path]) -> pa.Table:
-    """DPO pairs for the mined prompts: chosen = the shortest verified answer to the prompt, rejected = the
-    student's own failing answer (from `mine`)."""
-    answers: dict[str, list[str]] = {}
-    for folder in verified:
-        table = store.load_table(folder / "data")
-        for rid, text in zip(
-            table.column("id").to_pylist(), table.column("completion").to_pylist(), strict=True
-        ):
-            answers.setdefault(rid, []).append(text.strip())
-    pairs = []
-    for row in store.load_table(hard_dir / "data").to_pylist():
-        wrong = (row.get("student_completion") or "").strip()
-        right = sorted((a for a in answers.get(row["id"], []) if a and a != wrong), key=len)
-        if wrong and right:
-            pairs.append(
-                {
-                    "id": row["id"],
-                    "prompt": row["messages"],
-                    "chosen": [{"role": "assistant", "content": right[0]}],
-                    "rejected": [{"role": "assistant", "content": wrong}],
-                }
-            )
-    return pa.Table.from_pylist(pairs)
-
-
-def _verified_counts(verify_dir: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for rid in store.load_table(verify_dir / "data").column("id").to_pylist():
-        counts[rid] = counts.get(rid, 0) + 1
-    return counts
-
-
-class _Engines:
-    """The loop's engines, each started once and kept across rounds (a vLLM start costs ~30 s on a CPU).
-
-    On vllm the student engine serves every student adapter (per request with vLLM's LoRA, or as a merged
-    copy on a CPU: `lora_mode`), and, when the teacher is the student's own base model on vllm, the teacher
-    too."""
-
-    def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int):
-        self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
-        self._student = self._teacher = None
-
-    def student(self, adapter: str | None = None):
-        """The engine for the student's evaluation and mining (None: each stage loads its own hf model).
-        `adapter`: the one it will serve first (a merge-mode engine then starts on that merged copy)."""
-        if self.loop.engine != "vllm":
-            return None
-        if self._student is None:
-            from pipeline.engines.vllm import VLLMEngine
-            from pipeline.models import resolve
-
-            mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
-            self._student = VLLMEngine(
-                resolve(self.student_model),
-                enable_lora=True,
-                max_lora_rank=self.lora_rank,
-                lora_mode=mode,
-                adapter=adapter,
-            )
-        return self._student
-
-    def before_training(self) -> None:
-        """Free the memory training needs. A merge-mode engine restarts for the next adapter anyway, so it
-        is stopped now (here a kept engine plus training needed ~9 GB, and two loops side by side ran out of
-        memory); a per-request LoRA engine is kept (no restart) and holds its memory."""
-        if self._student is not None and self._student.lora_mode == "merge":
-            self._student.close()
-            self._student = None  # (a teacher that shares it is the same engine: stopped too)
-
-    def shares_teacher(self) -> bool:
-        tc = self.recipe.teachers[0]
-        return (
-            self.loop.engine == "vllm"
-            and tc.engine == "vllm"
-            and not tc.adapter
-            and tc.model == self.student_model
-            and not tc.engine_options()
-        )
-
-    def teacher(self):
-        if self.shares_teacher():
-            return self.student()
-        if self._teacher is None:
-            from pipeline.engines import load_teacher
-
-            self._teacher = load_teacher(self.recipe.teachers[0])
-        return self._teacher
-
-    def close(self) -> None:
-        for engine in (self._student, self._teacher):
-            if engine is not None:
-                engine.close()
-        self._student = self._teacher = None
-
-
-def _lora_rank(train_config: str) -> int:
-    """The LoRA rank the loop's training config asks for (vLLM's max_lora_rank must hold it)."""
-    import yaml
-
-    from pipeline.adapters import vllm_lora_rank
-
-    rank = int(((yaml.safe_load(Path(train_config).read_text()) or {}).get("peft") or {}).get("r") or 16)
-    return vllm_lora_rank(rank)
-
-
 def _answer_tokens(recipe: Recipe, loop: LoopConfig) -> int:
     """The answer budget the loop scores students at: its own, else the generate stage's."""
     return loop.max_tokens or _stage_config(recipe, "generate").max_tokens
 
 
-def _evaluate_teacher(recipe: Recipe, val_dir: Path, out: Path, loop: LoopConfig, engines: _Engines) -> float:
-    """The teacher's greedy validation accuracy, measured once: the bar the student must clear to generate."""
-    if out.exists():
-        return json.loads(out.read_text())["pass@1"]
-    from pipeline.evaluate import evaluate
-    from pipeline.stages import input_table
-
-    rows = input_table(val_dir).to_pylist()
-    result = evaluate(
-        recipe.teachers[0].model,
-        task=rows[0]["task"],
-        engine=loop.engine,
-        limit=None,
-        max_tokens=_answer_tokens(recipe, loop),
-        rows=rows,
-        engine_obj=engines.teacher() if engines.shares_teacher() else None,
-    )
-    result.pop("rows")
-    store.write_json_atomic(out, result)
-    return result["pass@1"]
+def _finished(manifest: dict | None, folder: Path) -> dict:
+    if manifest is None:  # an executor that submits without waiting (slurm, wait: false)
+        raise UserError(
+            f"loop: shards remain unfinished in {folder}; `distill merge {folder}` once the jobs are done, "
+            "then rerun the loop"
+        )
+    return manifest
 
 
-def run_loop(
-    recipe_path: str | Path, run_dir: str | Path | None = None, overrides: dict | None = None, log=None
-) -> dict:
-    """Run the recipe, then the loop with the recipe's `loop:` settings (`overrides` win)."""
-    from pipeline.stages import export, generate, mine, prompts, regenerate, verify
+@dataclasses.dataclass
+class Loop:
+    """One loop run: its settings, and what one round hands the next (rebuilt from the step manifests when
+    a killed loop is resumed)."""
+
+    recipe: Recipe
+    loop: LoopConfig
+    context: RunContext
+    loop_dir: Path
+    pool_source: SourceConfig
+    user_data: bool
+    engines: LoopEngines
+    log: Callable[[str], None]
+    executor: object = None
+    # the sft exports of each round's new data, the recipe's base data first
+    rounds_sft: list[list[Path]] = dataclasses.field(default_factory=list)
+    tokens_used: int = 0
+    teacher_acc: float | None = None
+    best: dict | None = None
+    bad: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def val_dir(self) -> Path:
+        return self.loop_dir / "validation"
+
+    @property
+    def ship(self) -> dict:
+        """Where the dataset stages' shards run (`executor:`); local runs pass nothing."""
+        return {"executor": self.executor} if getattr(self.executor, "name", "local") != "local" else {}
+
+    def round(self, k: int) -> str | None:
+        """Round k's steps in order; returns why the loop stops, or None to go on."""
+        it, t_round = self.loop_dir / f"iter_{k}", time.perf_counter()
+        train_rows = self.train_data(it, k)
+        if train_rows == 0:
+            return "the last round added no new verified rows"
+        adapter = self.train_dpo(it, k, self.train(it, k, train_rows))
+        metrics = self.validate(it, k, adapter, train_rows)
+        stop = self.stop_reason(k) or self.mine(it, k, adapter, metrics)
+        if stop is not None:
+            self.finish(it, metrics, t_round)
+            return stop
+        regen = self.regenerate(it, k, metrics)
+        answer_dir = self.to_answer(it, k, regen)
+        if answer_dir is None:
+            self.rounds_sft.append([])
+        else:
+            verified = self.answer(it, k, answer_dir, metrics)
+            self.hard_negatives(it, verified, metrics)
+            self.export(it, verified)
+        self.finish(it, metrics, t_round)
+        return None
+
+    def train_data(self, it: Path, k: int) -> int:
+        """Step train-data: a fresh adapter trains on everything so far; a warm start keeps training the best
+        student on the new rows plus a replay sample of the old ones."""
+        loop, rounds = self.loop, self.rounds_sft
+        settings = {"new_weight": loop.new_weight, "rounds": [len(folders) for folders in rounds]}
+        if loop.warm_start and self.best is not None:
+            older = [f for folders in rounds[:-1] for f in folders]
+            settings |= {"warm_start": True, "replay": loop.replay, "seed": k}
+            build = lambda: warm_table(older, rounds[-1], loop.new_weight, loop.replay, seed=k)  # noqa: E731
+        else:
+            later = [f for folders in rounds[1:] for f in folders]
+            build = lambda: training_table(rounds[0], later, loop.new_weight)  # noqa: E731
+        exports = [f.parent.parent for folders in rounds for f in folders]  # each sft/ is export/data/sft
+        return table_step(it / "train-data", "train-data", exports, settings, build, table="sft")["rows_out"]
+
+    def train(self, it: Path, k: int, train_rows: int) -> Path:
+        """Step train: an SFT LoRA adapter for the student (its manifest marks it done)."""
+        loop = self.loop
+        if not (it / "train" / "manifest.json").exists():
+            overrides = {"dataset": str(it / "train-data"), "output_dir": str(it / "train")}
+            overrides["model"] = self.context.student.model
+            warm = loop.warm_start and self.best is not None
+            if warm:
+                overrides["adapter"] = self.best["adapter"]
+            if loop.max_steps is not None:
+                overrides["max_steps"] = loop.max_steps
+            elif warm:
+                overrides["num_train_epochs"] = loop.warm_epochs
+            elif loop.epochs is not None:
+                overrides["num_train_epochs"] = loop.epochs
+            self.log(f"[distill] loop {k}: training on {train_rows} rows")
+            self.engines.before_training()
+            _training()("sft", loop.train_config, overrides)
+        return it / "train" / "adapter"
+
+    def train_dpo(self, it: Path, k: int, adapter: Path) -> Path:
+        """Step train-dpo: hard negatives of the last round prefer the verified answer over the student's own
+        failing one."""
+        negatives = self.loop_dir / f"iter_{k - 1}" / "hard-negatives"
+        if not (
+            k > 0 and self.loop.hard_negatives and (store.read_manifest(negatives) or {}).get("rows_out")
+        ):
+            return adapter
+        if not (it / "train-dpo" / "manifest.json").exists():
+            self.log(f"[distill] loop {k}: DPO on the hard negatives of round {k - 1}")
+            self.engines.before_training()
+            overrides = {"model": self.context.student.model, "adapter": str(adapter)}
+            overrides |= {"dataset": str(negatives), "output_dir": str(it / "train-dpo")}
+            _training()("dpo", self.loop.dpo_config, overrides)
+        return it / "train-dpo" / "adapter"
+
+    def _mine_config(self, adapter: Path):
+        from pipeline.stages import mine
+
+        return mine.Config(
+            adapter=str(adapter),
+            student_engine=self.loop.engine,
+            max_tokens=_answer_tokens(self.recipe, self.loop),
+        )
+
+    def validate(self, it: Path, k: int, adapter: Path, train_rows: int) -> dict:
+        """Step validate: the student's accuracy on the validation split (it only decides stopping)."""
+        from pipeline.stages import mine
+
+        validated = mine.run(
+            self._mine_config(adapter),
+            self.val_dir,
+            it / "validate",
+            context=self.context,
+            engine=self.engines.student(str(adapter)),
+        )
+        acc = validated["student_accuracy"]
+        improved = self.best is None or acc > self.best["val_accuracy"] + self.loop.min_delta
+        metrics = {
+            "iteration": k,
+            "val_accuracy": acc,
+            "train_rows": train_rows,
+            "teacher_tokens": self.tokens_used,
+            "adapter": str(adapter),
+        }
+        self.log(f"[distill] loop {k}: validation accuracy {acc:.1%} on {validated['rows_in']} prompts")
+        if improved:
+            self.best, self.bad = metrics, 0
+        else:
+            self.bad += 1
+        return metrics
+
+    def stop_reason(self, k: int) -> str | None:
+        loop = self.loop
+        if self.bad >= loop.patience:
+            return f"no improvement for {self.bad} round(s)"
+        if k == loop.iterations - 1:
+            return "last iteration"
+        if loop.teacher_budget_tokens is not None and self.tokens_used >= loop.teacher_budget_tokens:
+            return "teacher budget spent"
+        return None
+
+    def mine_pool(self, k: int) -> Path:
+        """Round k's mining prompts: a fresh draw of the training split each round (user data: its rows),
+        so later rounds find failures on facts the earlier pools did not contain."""
+        from pipeline.stages import prompts
+
+        folder = self.loop_dir / ("mine-pool" if k == 0 else f"mine-pool-{k}")
+        source = self.pool_source
+        if not self.user_data and k > 0:
+            source = dataclasses.replace(source, seed=source.seed + 1000 * k)
+        context = dataclasses.replace(self.context, source=source)
+        prompts.run(prompts.Config(), None, folder, context=context)
+        return folder
+
+    def mine(self, it: Path, k: int, adapter: Path, metrics: dict) -> str | None:
+        """Step mine: the prompts of round k's pool the student fails (its answer kept for DPO)."""
+        from pipeline.stages import mine
+
+        pool, engine = self.mine_pool(k), self.engines.student()
+        mined = mine.run(self._mine_config(adapter), pool, it / "mine", context=self.context, engine=engine)
+        metrics["hard_prompts"] = mined["rows_out"]
+        metrics["mine_accuracy"] = mined["student_accuracy"]
+        return "the student solves every mined prompt" if mined["rows_out"] == 0 else None
+
+    def regenerate(self, it: Path, k: int, metrics: dict) -> dict:
+        """Step regenerate: new problems modelled on the mined ones."""
+        from pipeline.stages import regenerate
+
+        loop = self.loop
+        config = regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method)
+        if loop.method == "teacher":  # the teacher writes problems and answers; label answers must be labels
+            labels = _stage_config(self.recipe, "verify").label.get("labels")
+            config = dataclasses.replace(config, temperature=loop.regenerate_temperature, labels=labels)
+        engine = self.engines.teacher() if loop.method == "teacher" else None
+        regen = regenerate.run(config, it / "mine", it / "regenerate", context=self.context, engine=engine)
+        self.tokens_used += regen["tokens"]["completion"]
+        metrics["new_prompts"] = regen["rows_out"]
+        return regen
+
+    def to_answer(self, it: Path, k: int, regen: dict) -> Path | None:
+        """Step to-answer: with hard negatives, the mined prompts and the new ones (each id once); otherwise
+        the new ones alone. None when there is nothing to answer."""
+        if self.loop.hard_negatives:
+            build = lambda: answer_set(it / "mine", it / "regenerate")  # noqa: E731
+            table_step(it / "to-answer", "to-answer", [it / "mine", it / "regenerate"], {}, build)
+            return it / "to-answer"
+        if regen["rows_out"] == 0:  # every reply went to regenerate/rejected: nothing to answer
+            self.log(f"[distill] loop {k}: regenerate wrote no new prompts ({regen['rejected_by_reason']})")
+            return None
+        return it / "regenerate"
+
+    def answer(self, it: Path, k: int, answer_dir: Path, metrics: dict) -> list[Path]:
+        """Steps generate, verify, then hard-prompts, generate-more, verify-more: the generator answers the
+        prompts, and those with fewer than `stop_at` verified answers get up to `hard_samples` in all."""
+        from pipeline.stages import generate, verify
+
+        loop, gen_config = self.loop, _stage_config(self.recipe, "generate")
+        if self.teacher_acc is not None and self.best["val_accuracy"] > self.teacher_acc:
+            # The best student so far answers (self-imitation), its adapter applied per request.
+            generator = ModelConfig(
+                model=self.context.student.model,
+                engine=loop.engine,
+                name=f"student-{k}",
+                adapter=self.best["adapter"],
+            )
+            engine = self.engines.student()
+            metrics["generator"] = f"student of round {self.best['iteration']}"
+        else:
+            generator, engine = self.recipe.teachers[0], self.engines.teacher()
+            metrics["generator"] = "teacher"
+        context = dataclasses.replace(self.context, teachers=[generator])
+        ready = {generator.label: engine} if engine is not None else None
+        verify_config = _stage_config(self.recipe, "verify")
+        self.log(f"[distill] loop {k}: {metrics['generator']} answers the new prompts")
+
+        def answer_with(config, prompts: Path, name: str, verified: str) -> None:
+            gen = generate.run(config, prompts, it / name, context=context, engines=ready, **self.ship)
+            self.tokens_used += _finished(gen, it / name)["tokens"]["completion"]
+            checked = verify.run(verify_config, it / name, it / verified, context=self.context, **self.ship)
+            _finished(checked, it / verified)
+
+        gen_cfg = dataclasses.replace(gen_config, seed=_shift(gen_config.seed, 1000 * (k + 1)))
+        answer_with(gen_cfg, answer_dir, "generate", "verify")
+        verified = [it / "verify"]
+        more = loop.hard_samples - gen_cfg.n
+        if more > 0:
+            build = lambda: short_prompts(answer_dir, it / "verify", loop.stop_at)  # noqa: E731
+            inputs, settings = [answer_dir, it / "verify"], {"stop_at": loop.stop_at}
+            if table_step(it / "hard-prompts", "hard-prompts", inputs, settings, build)["rows_out"]:
+                more_cfg = dataclasses.replace(gen_cfg, n=more, seed=_shift(gen_cfg.seed, 1))
+                answer_with(more_cfg, it / "hard-prompts", "generate-more", "verify-more")
+                verified.append(it / "verify-more")
+        return verified
+
+    def hard_negatives(self, it: Path, verified: list[Path], metrics: dict) -> None:
+        """Step hard-negatives: DPO pairs of each mined prompt's verified answer and the student's failing one
+        (next round's train-dpo)."""
+        if not self.loop.hard_negatives:
+            return
+        build = lambda: hard_negative_pairs(it / "mine", verified)  # noqa: E731
+        pairs = table_step(
+            it / "hard-negatives", "hard-negatives", [it / "mine", *verified], {}, build, "dpo"
+        )
+        if pairs["rows_out"]:
+            metrics["hard_negative_pairs"] = pairs["rows_out"]
+
+    def export(self, it: Path, verified: list[Path]) -> None:
+        """Steps export, export-more: the verified answers as sft rows, the next round's new data."""
+        from pipeline.stages import export
+
+        config = export.Config(formats=["sft"], max_per_prompt=self.loop.max_per_prompt)
+        self.rounds_sft.append([])
+        for j, folder in enumerate(verified):
+            if store.read_manifest(folder)["rows_out"] == 0:
+                continue
+            out = it / ("export" if j == 0 else "export-more")
+            _finished(export.run(config, folder, out, context=self.context, **self.ship), out)
+            self.rounds_sft[-1].append(out / "data" / "sft")
+
+    def finish(self, it: Path, metrics: dict, t_round: float) -> None:
+        metrics["teacher_tokens"] = self.tokens_used
+        metrics["round_s"] = round(time.perf_counter() - t_round, 1)
+        store.write_json_atomic(it / "metrics.json", metrics)
+        self.history.append(metrics)
+
+
+def _training():
     from pipeline.train import run_training
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    recipe = load_recipe(recipe_path)
+    return run_training
+
+
+def _loop_config(recipe: Recipe, overrides: dict | None) -> LoopConfig:
+    """The recipe's `loop:` settings with `overrides`, checked against the recipe."""
     loop = recipe.loop or LoopConfig()
     if overrides:
         loop = from_dict(LoopConfig, {**dataclasses.asdict(loop), **overrides}, "loop")
@@ -256,16 +380,33 @@ def run_loop(
             f"loop.validation_path is for user data; the built-in task '{recipe.source.task}' has its own "
             "validation split, remove validation_path"
         )
+    return loop
+
+
+def run_loop(
+    recipe_path: str | Path,
+    run_dir: str | Path | None = None,
+    overrides: dict | None = None,
+    log=None,
+    executor=None,
+) -> dict:
+    """Run the recipe, then the loop with the recipe's `loop:` settings (`overrides` win). `executor`: where
+    the shards of the recipe's stages and of each round's generate, verify and export run (None: here)."""
+    from pipeline.stages import prompts
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    recipe = load_recipe(recipe_path)
+    loop = _loop_config(recipe, overrides)
+    user_data = recipe.source.path is not None or recipe.source.dataset is not None
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.run
     t_start = time.perf_counter()
-    run_recipe(recipe_path, run_dir=run_dir, log=log)
+    run_recipe(recipe_path, run_dir=run_dir, log=log, executor=executor)
     dirs = {name: d for name, d, _ in stage_dirs(recipe, run_dir)}
     if "export" not in dirs:
         raise UserError("loop: the recipe needs an export stage (its sft/ data is what round 0 trains on)")
     context = run_context(recipe, run_dir)
     student_model = context.student.model  # the pruned copy when the recipe prunes the student
     loop_dir = run_dir / "loop"
-    val_dir = loop_dir / "validation"
     if user_data:  # validation from its own file; mining on the training rows themselves
         val_source = dataclasses.replace(
             recipe.source, path=loop.validation_path, dataset=None, n=loop.validation_n
@@ -276,226 +417,31 @@ def run_loop(
         pool_source = dataclasses.replace(
             recipe.source, split="train", n=loop.mine_n, seed=recipe.source.seed + 1
         )
-    prompts.run(prompts.Config(), None, val_dir, context=dataclasses.replace(context, source=val_source))
-
-    def mine_pool(k: int) -> Path:
-        """Round k's mining prompts: a fresh draw of the training split each round (user data: its rows),
-        so later rounds find failures on facts the earlier pools did not contain."""
-        folder = loop_dir / ("mine-pool" if k == 0 else f"mine-pool-{k}")
-        source = pool_source
-        if not user_data and k > 0:
-            source = dataclasses.replace(pool_source, seed=pool_source.seed + 1000 * k)
-        prompts.run(prompts.Config(), None, folder, context=dataclasses.replace(context, source=source))
-        return folder
-
-    engines = _Engines(recipe, student_model, loop, _lora_rank(loop.train_config))
+    val_context = dataclasses.replace(context, source=val_source)
+    prompts.run(prompts.Config(), None, loop_dir / "validation", context=val_context)
+    engines = LoopEngines(recipe, student_model, loop, lora_rank(loop.train_config))
+    state = Loop(recipe, loop, context, loop_dir, pool_source, user_data, engines, log, executor)
+    state.rounds_sft = [[dirs["export"] / "data" / "sft"]]
+    if "generate" in dirs:
+        state.tokens_used = store.read_manifest(dirs["generate"])["tokens"]["completion"]
     try:
-        teacher_acc = None
         if loop.generator == "best":
-            teacher_acc = _evaluate_teacher(
-                recipe, val_dir, loop_dir / "teacher-validation.json", loop, engines
-            )
-            log(f"[distill] loop: teacher validation accuracy {teacher_acc:.1%}")
-
-        gen_config = _stage_config(recipe, "generate")
-        # The sft exports of each round's new data, the recipe's base data first.
-        rounds_sft: list[list[Path]] = [[dirs["export"] / "data" / "sft"]]
-        tokens_used = (
-            store.read_manifest(dirs["generate"])["tokens"]["completion"] if "generate" in dirs else 0
-        )
-        history, best, bad = [], None, 0
+            out, max_tokens = loop_dir / "teacher-validation.json", _answer_tokens(recipe, loop)
+            state.teacher_acc = engines.teacher_accuracy(state.val_dir, out, max_tokens)
+            log(f"[distill] loop: teacher validation accuracy {state.teacher_acc:.1%}")
         for k in range(loop.iterations):
-            t_round = time.perf_counter()
-            it = loop_dir / f"iter_{k}"
-            train_data = it / "train-data" / "data" / "sft"
-            # Warm start: keep training the best student on the new rows plus a replay sample; otherwise
-            # a fresh adapter on everything so far.
-            warm = loop.warm_start and best is not None
-            if not train_data.exists():
-                if warm:
-                    older = [f for folders in rounds_sft[:-1] for f in folders]
-                    table = _warm_table(older, rounds_sft[-1], loop.new_weight, loop.replay, seed=k)
-                else:
-                    later = [f for folders in rounds_sft[1:] for f in folders]
-                    table = _training_table(rounds_sft[0], later, loop.new_weight)
-                store.save_table(table, train_data)
-            train_rows = store.load_table(train_data).num_rows
-            if train_rows == 0:
-                log("[distill] loop: stopping (the last round added no new verified rows)")
-                break
-            adapter = it / "train" / "adapter"
-            if not (it / "train" / "manifest.json").exists():
-                train_overrides = {"dataset": str(it / "train-data"), "output_dir": str(it / "train")}
-                train_overrides["model"] = student_model
-                if warm:
-                    train_overrides["adapter"] = best["adapter"]
-                if loop.max_steps is not None:
-                    train_overrides["max_steps"] = loop.max_steps
-                elif warm:
-                    train_overrides["num_train_epochs"] = loop.warm_epochs
-                elif loop.epochs is not None:
-                    train_overrides["num_train_epochs"] = loop.epochs
-                log(f"[distill] loop {k}: training on {train_rows} rows")
-                engines.before_training()
-                run_training("sft", loop.train_config, train_overrides)
-            negatives = loop_dir / f"iter_{k - 1}" / "hard-negatives"
-            if k > 0 and loop.hard_negatives and (negatives / "data" / "dpo").exists():
-                # Hard negatives: prefer the verified answer over the student's own failing one.
-                if not (it / "train-dpo" / "manifest.json").exists():
-                    log(f"[distill] loop {k}: DPO on the hard negatives of round {k - 1}")
-                    engines.before_training()
-                    run_training(
-                        "dpo",
-                        loop.dpo_config,
-                        {
-                            "model": student_model,
-                            "adapter": str(adapter),
-                            "dataset": str(negatives),
-                            "output_dir": str(it / "train-dpo"),
-                        },
-                    )
-                adapter = it / "train-dpo" / "adapter"
-            mine_config = mine.Config(
-                adapter=str(adapter), student_engine=loop.engine, max_tokens=_answer_tokens(recipe, loop)
-            )
-            validated = mine.run(
-                mine_config, val_dir, it / "validate", context=context, engine=engines.student(str(adapter))
-            )
-            acc = validated["student_accuracy"]
-            improved = best is None or acc > best["val_accuracy"] + loop.min_delta
-            metrics = {
-                "iteration": k,
-                "val_accuracy": acc,
-                "train_rows": train_rows,
-                "teacher_tokens": tokens_used,
-                "adapter": str(adapter),
-            }
-            log(f"[distill] loop {k}: validation accuracy {acc:.1%} on {validated['rows_in']} prompts")
-            if improved:
-                best, bad = metrics, 0
-            else:
-                bad += 1
-            stop = None
-            if bad >= loop.patience:
-                stop = f"no improvement for {bad} round(s)"
-            elif k == loop.iterations - 1:
-                stop = "last iteration"
-            elif loop.teacher_budget_tokens is not None and tokens_used >= loop.teacher_budget_tokens:
-                stop = "teacher budget spent"
-            if stop is None:
-                mined = mine.run(
-                    mine_config, mine_pool(k), it / "mine", context=context, engine=engines.student()
-                )
-                metrics["hard_prompts"] = mined["rows_out"]
-                metrics["mine_accuracy"] = mined["student_accuracy"]
-                if mined["rows_out"] == 0:
-                    stop = "the student solves every mined prompt"
+            stop = state.round(k)
             if stop is not None:
-                metrics["round_s"] = round(time.perf_counter() - t_round, 1)
-                store.write_json_atomic(it / "metrics.json", metrics)
-                history.append(metrics)
                 log(f"[distill] loop: stopping ({stop})")
                 break
-
-            regen_config = regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method)
-            if (
-                loop.method == "teacher"
-            ):  # the teacher writes problems and answers; label answers must be labels
-                labels = _stage_config(recipe, "verify").label.get("labels")
-                regen_config = dataclasses.replace(
-                    regen_config, temperature=loop.regenerate_temperature, labels=labels
-                )
-            regen = regenerate.run(
-                regen_config,
-                it / "mine",
-                it / "regenerate",
-                context=context,
-                engine=engines.teacher() if loop.method == "teacher" else None,
-            )
-            tokens_used += regen["tokens"]["completion"]
-            metrics["new_prompts"] = regen["rows_out"]
-            answer_dir = it / "regenerate"
-            if loop.hard_negatives:
-                answer_dir = it / "to-answer"
-                if not (answer_dir / "data").exists():
-                    store.save_table(_answer_set(it / "mine", it / "regenerate"), answer_dir / "data")
-            elif regen["rows_out"] == 0:  # every reply went to regenerate/rejected: nothing to answer
-                log(f"[distill] loop {k}: regenerate wrote no new prompts ({regen['rejected_by_reason']})")
-                metrics["teacher_tokens"] = tokens_used
-                metrics["round_s"] = round(time.perf_counter() - t_round, 1)
-                store.write_json_atomic(it / "metrics.json", metrics)
-                history.append(metrics)
-                rounds_sft.append([])
-                continue
-            if teacher_acc is not None and best["val_accuracy"] > teacher_acc:
-                # The best student so far answers (self-imitation), its adapter applied per request.
-                generator = ModelConfig(
-                    model=student_model, engine=loop.engine, name=f"student-{k}", adapter=best["adapter"]
-                )
-                generator_engine = engines.student()
-                metrics["generator"] = f"student of round {best['iteration']}"
-            else:
-                generator, generator_engine = recipe.teachers[0], engines.teacher()
-                metrics["generator"] = "teacher"
-            generator_context = dataclasses.replace(context, teachers=[generator])
-            ready = {generator.label: generator_engine} if generator_engine is not None else None
-            log(f"[distill] loop {k}: {metrics['generator']} answers the new prompts")
-            gen_cfg = dataclasses.replace(gen_config, seed=_shift(gen_config.seed, 1000 * (k + 1)))
-            gen = generate.run(gen_cfg, answer_dir, it / "generate", context=generator_context, engines=ready)
-            tokens_used += gen["tokens"]["completion"]
-            verify.run(_stage_config(recipe, "verify"), it / "generate", it / "verify", context=context)
-            verified = [it / "verify"]
-            more = loop.hard_samples - gen_cfg.n
-            counts = _verified_counts(it / "verify")
-            regenerated = store.load_table(answer_dir / "data")
-            short = [
-                i
-                for i, rid in enumerate(regenerated.column("id").to_pylist())
-                if counts.get(rid, 0) < loop.stop_at
-            ]
-            if more > 0 and short:
-                store.save_table(regenerated.take(pa.array(short, pa.int64())), it / "hard-prompts" / "data")
-                more_cfg = dataclasses.replace(gen_cfg, n=more, seed=_shift(gen_cfg.seed, 1))
-                gen = generate.run(
-                    more_cfg,
-                    it / "hard-prompts",
-                    it / "generate-more",
-                    context=generator_context,
-                    engines=ready,
-                )
-                tokens_used += gen["tokens"]["completion"]
-                verify.run(
-                    _stage_config(recipe, "verify"), it / "generate-more", it / "verify-more", context=context
-                )
-                verified.append(it / "verify-more")
-            pairs = _hard_negative_pairs(it / "mine", verified) if loop.hard_negatives else None
-            if pairs is not None and pairs.num_rows:
-                store.save_table(pairs, it / "hard-negatives" / "data" / "dpo")
-                metrics["hard_negative_pairs"] = pairs.num_rows
-            rounds_sft.append([])
-            for j, folder in enumerate(verified):
-                if store.read_manifest(folder)["rows_out"] == 0:
-                    continue
-                out = it / ("export" if j == 0 else "export-more")
-                export.run(
-                    export.Config(formats=["sft"], max_per_prompt=loop.max_per_prompt),
-                    folder,
-                    out,
-                    context=context,
-                )
-                rounds_sft[-1].append(out / "data" / "sft")
-            metrics["teacher_tokens"] = tokens_used
-            metrics["round_s"] = round(time.perf_counter() - t_round, 1)
-            store.write_json_atomic(it / "metrics.json", metrics)
-            history.append(metrics)
     finally:
         engines.close()
     summary = {
-        "best": best,
-        "history": history,
-        "stopped_after": len(history),
-        "teacher_validation_accuracy": teacher_acc,
-        "generation_tokens": tokens_used,
+        "best": state.best,
+        "history": state.history,
+        "stopped_after": len(state.history),
+        "teacher_validation_accuracy": state.teacher_acc,
+        "generation_tokens": state.tokens_used,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     store.write_json_atomic(loop_dir / "summary.json", summary)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,47 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+# --------------------------------------------------------------------------- small servers on 127.0.0.1
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released): a dead server's address, or one to start on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """A threaded server for `handler` (a socketserver handler class, e.g. an http.server one) on a free
+    port of 127.0.0.1, serving in the background; `url` is its OpenAI-style base URL."""
+
+    def __init__(self, handler, base: type = socketserver.ThreadingTCPServer):
+        class Server(base):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 256  # the default backlog of 5 delays a burst of connections by seconds
+
+        self.server = Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def local_servers():
+    """`local_servers(Kind, *args)` starts a server (a LocalServer subclass) for this test; all are
+    stopped when it ends."""
+    made = []
+
+    def start(kind, *args, **kw):
+        made.append(kind(*args, **kw))
+        return made[-1]
+
+    yield start
+    for server in made:
+        server.close()

@@ -192,3 +192,34 @@ def test_every_stage_opens_through_the_base_class():
             if name in ("run_sharded", "StageStore"):
                 copies.append(f"{path.name}:{node.lineno} {name}")
     assert copies == []
+
+
+def test_a_stage_loads_each_engine_once_frees_it_and_leaves_a_ready_one_open():
+    """`Stage.engine`: the load-on-first-use helper rephrase, regenerate and self-distill share."""
+    import pickle
+
+    from pipeline.stages import Stage
+
+    class Engine:
+        def __init__(self):
+            self.closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    ready, loaded = Engine(), []
+
+    def load():
+        loaded.append(Engine())
+        return loaded[-1]
+
+    stage = Stage()
+    stage._engines = {"teacher": ready}  # given ready, as a test's shared engine is
+    assert stage.engine("teacher", load) is ready and loaded == []
+    critic = stage.engine("critic", load)
+    assert stage.engine("critic", load) is critic and loaded == [critic]
+    assert "_engines" not in pickle.loads(pickle.dumps(stage)).__dict__  # a worker loads its own
+    stage.close()
+    assert critic.closed == 1 and ready.closed == 0
+    assert stage.engine("teacher", load) is ready  # still there: the caller owns it
+    assert stage.engine("critic", load) is not critic and len(loaded) == 2  # loaded afresh after close

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,14 +23,9 @@ import pytest
 
 from pipeline.engines import GenRequest
 from pipeline.engines.openai import OpenAIEngine
+from tests.conftest import LocalServer, free_port
 
 Q = [{"role": "user", "content": "What is 3 + 5?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- real vLLM server
@@ -43,7 +37,7 @@ class Server:
 
     def __init__(self, model_path: str) -> None:
         self.model_path = model_path
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen | None = None
 
@@ -257,7 +251,7 @@ def test_server_stopped_mid_stage_then_restarted_every_row_answered(server, tmp_
 # --------------------------------------------------------------------------- stub server for failures
 
 
-class Stub:
+class Stub(LocalServer):
     """A scripted OpenAI-compatible server: each POST takes the next (status, headers, delay) step."""
 
     def __init__(self, steps, metrics: bool = False, error: str | None = None):
@@ -324,30 +318,12 @@ class Stub:
             def log_message(self, *args):
                 pass
 
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 256  # the default backlog of 5 delays a burst of connections by seconds
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, ThreadingHTTPServer)
 
 
 @pytest.fixture
-def stub():
-    made = []
-
-    def make(steps, **kw):
-        made.append(Stub(steps, **kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
+def stub(local_servers):
+    return lambda steps, **kw: local_servers(Stub, steps, **kw)
 
 
 def _engine(url, **kw):
@@ -389,7 +365,7 @@ def test_client_errors_are_not_retried(stub):
 
 
 def test_connection_refused_gives_error_row():
-    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     [r] = _engine(url, max_retries=2).generate([GenRequest(id="a", messages=Q)])
     assert r.error.startswith("gave_up after 2 retries: connection_error")
 
@@ -424,10 +400,26 @@ def test_request_body_carries_sampling_settings(stub):
     )  # fmt: skip
 
 
-def test_close_exists_and_is_harmless():
-    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
+def test_generate_leaves_no_connection_open_so_close_has_nothing_to_free(stub):
+    """`close` frees nothing because each generate call closes its own connections: check that it does, and
+    that the engine still works after close (the loop keeps engines across rounds)."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    s = stub([(200, {}, 0)] * 9)
+    engine = _engine(s.url, concurrency=4)
+    before = open_fds()
+    results = engine.generate([GenRequest(id=str(i), messages=Q) for i in range(8)])
+    assert [r.error for r in results] == [None] * 8
+    deadline = time.time() + 5  # the in-process server closes its side when it reads the client's close
+    while open_fds() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert open_fds() == before, "a connection (or the call's event loop) outlived generate"
     engine.close()
     engine.close()
+    [again] = engine.generate([GenRequest(id="again", messages=Q)])
+    assert again.error is None and again.samples[0].text == "8"
 
 
 def test_several_base_urls_share_the_work(stub):
@@ -442,7 +434,7 @@ def test_several_base_urls_share_the_work(stub):
 
 def test_a_dead_server_in_the_list_leaves_the_work_to_the_live_one(stub):
     live = stub([(200, {}, 0)] * 10)
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     results = _engine([dead, live.url], concurrency=2, max_retries=0).generate(
         [GenRequest(id=str(i), messages=Q) for i in range(10)]
     )

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import socketserver
 import threading
 import time
 
+import httpx
 import pytest
 
 from pipeline.engines import GenRequest, http1
 from pipeline.engines.openai import OpenAIEngine
+from tests.conftest import LocalServer, free_port
 
 OK = b'{"ok": true}'
 
@@ -29,7 +30,7 @@ def answer(body: bytes = OK, status: str = "200 OK", headers: str = "") -> bytes
     return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
 
 
-class RawServer:
+class RawServer(LocalServer):
     """Reads one request at a time per connection; answers with the next scripted step: bytes to send, or
     ("close",) to hang up without answering, or ("sleep", s, bytes) to answer late."""
 
@@ -69,30 +70,12 @@ class RawServer:
                     if b"connection: close" in step.lower() or step.startswith(b"HTTP/1.0"):
                         return
 
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
-def raw():
-    made = []
-
-    def make(steps):
-        made.append(RawServer(steps))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
+def raw(local_servers):
+    return lambda steps: local_servers(RawServer, steps)
 
 
 def calls(url, n=1, timeout=5.0, headers=None, path="/chat/completions"):
@@ -199,11 +182,8 @@ def test_timeout_covers_the_whole_exchange_and_drops_the_connection(raw):
 
 
 def test_connection_refused_is_a_connect_error():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with pytest.raises(http1.ConnectError):
-        calls(f"http://127.0.0.1:{port}/v1")
+        calls(f"http://127.0.0.1:{free_port()}/v1")
 
 
 def test_get_sends_no_body(raw):
@@ -236,7 +216,6 @@ def test_usable_only_for_plain_http_without_a_proxy(monkeypatch):
 def test_engine_picks_the_client_by_url():
     engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
     assert isinstance(engine._client("http://127.0.0.1:9/v1", {}, 1.0, 1, False), http1.Client)
-    httpx = pytest.importorskip("httpx")
     assert isinstance(engine._client("https://example.com/v1", {}, 1.0, 1, None), httpx.AsyncClient)
     pinned = OpenAIEngine("http://127.0.0.1:9/v1", "m", http_client="httpx")
     assert isinstance(pinned._client("http://127.0.0.1:9/v1", {}, 1.0, 1, False), httpx.AsyncClient)
@@ -266,9 +245,7 @@ def test_engine_error_rows_read_the_same_over_either_client(raw, client):
     [r] = engine.generate([GenRequest(id="a", messages=[{"role": "user", "content": "hi"}])])
     assert r.error == "gave_up after 1 retries: http_503: {}" and r.transient
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     engine = OpenAIEngine(dead, "m", http_client=client, max_retries=0)
     [r] = engine.generate([GenRequest(id="a", messages=[{"role": "user", "content": "hi"}])])
     assert r.error == "gave_up after 0 retries: connection_error: ConnectError" and r.transient

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pytest
@@ -13,7 +16,7 @@ from pipeline.recipe import RunContext
 from pipeline.stages import regenerate
 from pipeline.stages.regenerate import parse_problem
 from pipeline.tasks import load_task
-from tests.conftest import run_cli
+from tests.conftest import REPO, LocalServer, run_cli
 
 
 def _hard_prompts(tmp_path, n=3):
@@ -176,7 +179,7 @@ def test_targeted_regeneration_aims_at_the_failed_fact_and_random_is_the_control
 
 
 def test_rounds_merge_without_duplicates_and_weight_new_rows(tmp_path):
-    from pipeline.loop import _training_table
+    from pipeline.loop_tables import training_table
 
     def sft(folder, rows):
         table = pa.Table.from_pylist(
@@ -190,7 +193,7 @@ def test_rounds_merge_without_duplicates_and_weight_new_rows(tmp_path):
 
     base = sft("base", [("a", "1+1?", "2"), ("b", "2+2?", "4")])
     new = sft("new", [("a", "1+1?", "2 "), ("c", "3+3?", "6"), ("c", "3+3?", "Answer: 6")])
-    table = _training_table([base], [new], weight=3)
+    table = training_table([base], [new], weight=3)
     pairs = [(r["id"], r["messages"][-1]["content"]) for r in table.to_pylist()]
     assert pairs.count(("a", "2")) == 1  # the same answer again in a later round is not new data
     assert pairs.count(("c", "6")) == 3 and pairs.count(("c", "Answer: 6")) == 3
@@ -209,22 +212,22 @@ def _sft_folder(folder, rows):
 
 
 def test_warm_round_trains_new_rows_weighted_plus_a_replay_sample(tmp_path):
-    from pipeline.loop import _warm_table
+    from pipeline.loop_tables import warm_table
 
     old = _sft_folder(tmp_path / "old", [(f"o{i}", f"{i}+1?", str(i + 1)) for i in range(10)])
     new = _sft_folder(tmp_path / "new", [("o1", "1+1?", "2"), ("n1", "7*8?", "56"), ("n2", "6*7?", "42")])
-    table = _warm_table([old], [new], weight=2, replay=1.5, seed=0)
+    table = warm_table([old], [new], weight=2, replay=1.5, seed=0)
     ids = table.column("id").to_pylist()
     assert ids.count("n1") == ids.count("n2") == 2  # new rows, weighted
     replayed = [i for i in ids if i.startswith("o")]
     assert len(replayed) == 3 and len(set(replayed)) == 3  # 1.5 old rows per new row, no repeats
-    assert table.equals(_warm_table([old], [new], weight=2, replay=1.5, seed=0))  # deterministic
+    assert table.equals(warm_table([old], [new], weight=2, replay=1.5, seed=0))  # deterministic
     nothing_new = _sft_folder(tmp_path / "again", [("o2", "2+1?", "3")])
-    assert _warm_table([old], [nothing_new], weight=2, replay=1.0, seed=0).num_rows == 0
+    assert warm_table([old], [nothing_new], weight=2, replay=1.0, seed=0).num_rows == 0
 
 
 def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp_path):
-    from pipeline.loop import _answer_set, _hard_negative_pairs
+    from pipeline.loop_tables import answer_set, hard_negative_pairs
     from pipeline.stages.prompts import SCHEMA
 
     def prompt(rid, q, **extra):
@@ -248,7 +251,7 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
         pa.Table.from_pylist([prompt("r1", "8*7?"), prompt("h1", "7*8?")], schema=SCHEMA),
         tmp_path / "regen" / "data",
     )
-    answers = _answer_set(tmp_path / "mine", tmp_path / "regen")
+    answers = answer_set(tmp_path / "mine", tmp_path / "regen")
     assert answers.column("id").to_pylist() == ["h1", "h2", "r1"] and answers.schema.equals(SCHEMA)
     verified = pa.Table.from_pylist(
         [
@@ -258,7 +261,7 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
         ]
     )
     store.save_table(verified, tmp_path / "verify" / "data")
-    pairs = _hard_negative_pairs(tmp_path / "mine", [tmp_path / "verify"]).to_pylist()
+    pairs = hard_negative_pairs(tmp_path / "mine", [tmp_path / "verify"]).to_pylist()
     assert pairs == [
         {
             "id": "h1",
@@ -267,3 +270,182 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
             "rejected": [{"role": "assistant", "content": "Answer: 54"}],
         }
     ]  # h2 has no verified answer: no pair
+
+
+def test_a_loop_step_is_built_once_resumes_whole_and_feeds_a_stable_fingerprint(tmp_path):
+    """The loop's own tables (train-data, to-answer, hard-prompts, hard-negatives) are step folders: built once
+    with a manifest, rebuilt whole when a kill left no manifest, refused when their inputs changed, and the
+    stage they feed sees the same input fingerprint on every resume (a bare rewritten folder did not: its
+    datasets state.json is random, so the next stage refused to resume)."""
+    from pipeline.loop_tables import answer_set, table_step
+    from pipeline.stages import input_ref
+
+    _hard_prompts(tmp_path)
+    regen = tmp_path / "regen"
+    regenerate.run(
+        regenerate.Config(per_prompt=2, seed=1, method="task"), tmp_path / "mine", regen, context=RunContext()
+    )
+    builds = []
+
+    def build():
+        builds.append(1)
+        return answer_set(tmp_path / "mine", regen)
+
+    step = tmp_path / "to-answer"
+    first = table_step(step, "to-answer", [tmp_path / "mine", regen], {}, build)
+    ids = store.load_table(step / "data").column("id").to_pylist()
+    assert first["rows_out"] == len(ids) == len(set(ids)) > 3 and first["inputs"][1]["stage"] == "regenerate"
+    seen_by_next_stage = input_ref(step)["fingerprint"]
+    done = table_step(step, "to-answer", [tmp_path / "mine", regen], {}, build)
+    assert done["finished_at"] == first["finished_at"] and len(builds) == 1  # not built again
+    # killed after the rows were written but before the manifest: rebuilt whole, same identity
+    (step / "manifest.json").unlink()
+    again = table_step(step, "to-answer", [tmp_path / "mine", regen], {}, build)
+    assert len(builds) == 2 and again["fingerprint"] == first["fingerprint"]
+    assert store.load_table(step / "data").column("id").to_pylist() == ids
+    assert input_ref(step)["fingerprint"] == seen_by_next_stage
+    # different settings in the same folder: refused, naming what changed
+    with pytest.raises(UserError, match="config.stop_at"):
+        table_step(step, "to-answer", [tmp_path / "mine", regen], {"stop_at": 2}, build)
+
+
+class ArithmeticTeacher(LocalServer):
+    """An OpenAI-compatible teacher on 127.0.0.1 that works out the `a op b` in each problem (the training
+    wordings hold it literally) and answers right, one second per request, so a stage of one-prompt shards
+    is slow enough to be killed between shards and the loop's time goes to the real student."""
+
+    def __init__(self, delay_s: float = 1.0):
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                found = re.search(r"(\d+) ([-+*]) (\d+)", body["messages"][-1]["content"])
+                value = eval(found[0]) if found else None  # noqa: S307 - two integers and an operator
+                text = f"{found[0]} = {value}. Answer: {value}" if found else "I cannot tell."
+                choice = {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                choices = [{"index": i, **choice} for i in range(body.get("n", 1))]
+                usage = {"prompt_tokens": 20, "completion_tokens": 10 * len(choices)}
+                data = json.dumps({"choices": choices, "usage": usage}).encode()
+                time.sleep(delay_s)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802 - no /metrics: the engine counts tokens from the answers
+                self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(Handler, ThreadingHTTPServer)
+
+
+# The real student on HF generate (no vLLM start-up), the teacher above, one prompt per shard. stop_at 3 with
+# n 2: every prompt to answer gets one more sample, so generate-more always runs.
+KILLED = """
+run: killed
+teacher: {{model: arithmetic, engine: openai, base_url: "{url}"}}
+student: {{model: smollm2-135m-instruct}}
+source: {{task: arithmetic, n: 6, seed: 0}}
+stages:
+  - generate: {{n: 2, temperature: 0.8, max_tokens: 24, seed: 0, shard_size: 1}}
+  - verify: {{verifiers: [math]}}
+  - export: {{formats: [sft]}}
+loop: {{iterations: 2, patience: 5, validation_n: 4, mine_n: 4, max_steps: 1, per_prompt: 1, method: task,
+       hard_samples: 3, stop_at: 3, engine: hf, generator: teacher}}
+"""
+
+
+def test_a_loop_killed_mid_round_resumes_at_its_step_with_nothing_lost_or_duplicated(tmp_path, local_servers):
+    """SIGKILL inside round 0's generate-more (after the loop wrote hard-prompts), then the same command: the
+    finished steps are not redone, the killed step runs only its missing shards, and round 1 trains on
+    exactly the verified rows of both runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.loop_tables import warm_table
+
+    teacher = local_servers(ArithmeticTeacher)
+    recipe = tmp_path / "killed.yaml"
+    recipe.write_text(KILLED.format(url=teacher.url))
+    run_dir = tmp_path / "run"
+    it0 = run_dir / "loop" / "iter_0"
+    step = it0 / "generate-more"
+    command = [sys.executable, "-m", "pipeline.cli", "loop", str(recipe), "--run-dir", str(run_dir)]
+    log = tmp_path / "killed.log"  # a file, not a pipe: an unread pipe would block the loop's progress bar
+    with open(log, "w") as err:
+        proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stderr=err)
+    try:
+        deadline = time.time() + 1200
+        while not (step / "shards" / "00000" / ".done").exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "round 0 never reached generate-more"
+            time.sleep(0.05)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert store.read_manifest(step) is None, "the kill landed inside generate-more"
+    done_before = {int(p.parent.name) for p in (step / "shards").glob("*/.done")}
+    finished = {p: p.read_bytes() for p in run_dir.rglob("manifest.json")}
+    assert it0 / "hard-prompts" / "manifest.json" in finished and it0 / "train" / "manifest.json" in finished
+
+    r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "loop 0: training" not in r.stderr  # round 0's student is not trained again
+    assert {p: p.read_bytes() for p in finished} == finished, "a finished step was redone"
+
+    # the killed step ran only the shards it had not finished, each exactly once
+    more = store.read_manifest(step)
+    hard = store.load_table(it0 / "hard-prompts" / "data")
+    assert more["rows_in"] == hard.num_rows == more["shards"] > len(done_before) >= 1
+    runs = list(more["shard_runs"].values())
+    assert len(runs) == 2 and sorted(runs[0] + runs[1]) == list(range(more["shards"]))
+    assert set(next(v for v in runs if set(v) != done_before)) == set(range(more["shards"])) - done_before
+    # every hard prompt got its one extra sample, once, and each one was verified
+    kept = store.load_table(step / "data").select(["id", "sample_index"]).to_pylist()
+    keys = [(row["id"], row["sample_index"]) for row in kept]
+    assert len(keys) == len(set(keys)) == more["rows_out"] == hard.num_rows
+    assert {rid for rid, _ in keys} == set(hard.column("id").to_pylist())
+    assert store.read_manifest(it0 / "verify-more")["rows_in"] == more["rows_out"]
+    # round 1 trains on the base data plus exactly round 0's verified answers (both exports), replay included
+    summary = json.loads((run_dir / "loop" / "summary.json").read_text())
+    assert [m["iteration"] for m in summary["history"]] == [0, 1]
+    exports = [it0 / name / "data" / "sft" for name in ("export", "export-more")]
+    base = run_dir / "03-export" / "data" / "sft"
+    expected = warm_table([base], exports, weight=1, replay=1.0, seed=1)
+    trained = store.load_table(run_dir / "loop" / "iter_1" / "train-data" / "data" / "sft")
+    assert expected.num_rows > 0
+    assert trained.select(["id", "messages"]).equals(expected.select(["id", "messages"]))
+
+
+def test_distill_loop_ships_shards_where_the_recipes_executor_says(monkeypatch, tmp_path):
+    """`distill loop` takes the recipe's `executor:` as `distill run` does, and --executor overrides it."""
+    import pipeline.loop
+    from pipeline.cli import main
+
+    seen = []
+
+    def fake_run_loop(recipe, run_dir=None, overrides=None, executor=None):
+        seen.append(executor)
+        best = {"iteration": 0, "val_accuracy": 0.5, "adapter": "a"}
+        return {"history": [], "best": best, "generation_tokens": 0, "wall_s": 0.0}
+
+    monkeypatch.setattr(pipeline.loop, "run_loop", fake_run_loop)
+    recipe = str(REPO / "scripts" / "recipes" / "slurm.yaml")
+    assert main(["loop", recipe, "--run-dir", str(tmp_path)]) == 0
+    assert seen[-1].name == "slurm" and seen[-1].config.partition == "gpu"
+    assert main(["loop", recipe, "--run-dir", str(tmp_path), "--partition", "cpu"]) == 0
+    assert seen[-1].config.partition == "cpu" and seen[-1].config.time_min == 120
+    assert main(["loop", recipe, "--run-dir", str(tmp_path), "--executor", "local"]) == 0
+    assert seen[-1] is None
+    # and the loop hands it to the stages that ship (a local executor passes nothing)
+    from pipeline.executors import LocalExecutor
+
+    assert pipeline.loop.Loop(*[None] * 8, executor=seen[0]).ship == {"executor": seen[0]}
+    assert pipeline.loop.Loop(*[None] * 8, executor=LocalExecutor()).ship == {}

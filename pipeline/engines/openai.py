@@ -50,6 +50,7 @@ import threading
 from collections import deque
 
 from pipeline.engines import GenRequest, GenResult, Progress, Sample, http1
+from pipeline.engines.flow import Meter, Window
 from pipeline.errors import UserError
 
 MAX_CONCURRENCY = 512  # the adaptive start's cap: open sockets, and a queue a server can drain in time
@@ -113,7 +114,7 @@ class OpenAIEngine:
         self.token_ids = token_ids
         self.server_metrics = server_metrics
         self.http_client = http_client
-        self.last_stats: dict = {}  # the last generate call's in-flight figures (see _Window.stats)
+        self.last_stats: dict = {}  # the last generate call's in-flight figures (see Window.stats)
         self.options = {
             "base_url": self.base_urls if len(self.base_urls) > 1 else self.base_url,
             "model_name": model_name,
@@ -170,13 +171,13 @@ class OpenAIEngine:
         results: list[GenResult | None] = [None] * len(requests)
         queue = deque(range(len(requests)))
         start, pinned = self._start(len(requests))
-        windows = [_Window(start, pinned) for _ in self.base_urls]
-        meter = _Meter(progress, cap=sum(r.n * r.max_tokens for r in requests))
+        windows = [Window(start, pinned) for _ in self.base_urls]
+        meter = Meter(progress, cap=sum(r.n * r.max_tokens for r in requests))
         refused: list[str] = []  # the server's words when it turned a seed down
         tls = _tls(self.base_urls)
         clients = [self._client(url, headers, self.timeout, start, tls) for url in self.base_urls]
 
-        async def one(client, window: _Window, i: int, epoch: int) -> None:
+        async def one(client, window: Window, i: int, epoch: int) -> None:
             try:
                 results[i] = result = await self._request(client, requests[i], window, epoch)
             finally:
@@ -185,7 +186,7 @@ class OpenAIEngine:
                 refused.append(result.error.split(": ", 1)[-1])
             meter.answered(result)
 
-        async def dispatch(client, window: _Window) -> None:
+        async def dispatch(client, window: Window) -> None:
             async with asyncio.TaskGroup() as group:
                 while queue and not refused:
                     epoch = await window.acquire()
@@ -208,7 +209,7 @@ class OpenAIEngine:
                 await watcher
             for client in clients:
                 await client.aclose()
-        self.last_stats = _Window.stats(windows)
+        self.last_stats = Window.stats(windows)
         if refused:
             raise UserError(
                 f"the server at {self.base_url} refused per-request seeds ({refused[0][:200]}); "
@@ -246,7 +247,7 @@ class OpenAIEngine:
                 flush=True,
             )
 
-    async def _watch_tokens(self, meter: _Meter, done: asyncio.Event, headers: dict, tls) -> None:
+    async def _watch_tokens(self, meter: Meter, done: asyncio.Event, headers: dict, tls) -> None:
         """Feed the meter the servers' own count of generated tokens (vLLM's /metrics), once a second."""
         clients = {url.removesuffix("/v1"): None for url in self.base_urls}
         for root in clients:
@@ -294,7 +295,7 @@ class OpenAIEngine:
                 body["return_tokens_as_token_ids"] = True
         return body
 
-    async def _request(self, client, req: GenRequest, window: _Window, epoch: int) -> GenResult:
+    async def _request(self, client, req: GenRequest, window: Window, epoch: int) -> GenResult:
         timeout_error, transport_error = _errors(client)
         body = self._body(req)
         last = "unknown"
@@ -329,86 +330,6 @@ class OpenAIEngine:
             await asyncio.sleep(max(delay, min(retry_after, self.backoff_max)))
             epoch = window.epoch  # the retry goes out under the window as it is now
         return GenResult(id=req.id, error=f"gave_up after {self.max_retries} retries: {last}", transient=True)
-
-
-class _Window:
-    """Requests in flight at one server: pinned, or halved on overload and regrown by one per window of
-    successes (additive increase, multiplicative decrease)."""
-
-    def __init__(self, start: int, pinned: bool) -> None:
-        self.start = self.limit = self.low = start
-        self.pinned = pinned
-        self.in_flight = self.peak = self.backoffs = 0
-        self.epoch = 0  # cuts so far; a failure of a request sent before the last cut asks for no new one
-        self._credit = 0.0
-        self._cond = asyncio.Condition()
-
-    async def acquire(self) -> int:
-        """Wait for room; returns the epoch the request goes out under."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-            return self.epoch
-
-    async def release(self, ok: bool) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            if ok and not self.pinned and self.limit < self.start:
-                self._credit += 1 / self.limit
-                if self._credit >= 1:
-                    self._credit, self.limit = self._credit - 1, self.limit + 1
-            self._cond.notify_all()
-
-    def cut(self, epoch: int) -> None:
-        if self.pinned or epoch != self.epoch:
-            return
-        self.epoch += 1
-        self.backoffs += 1
-        self.limit = max(1, self.limit // 2)
-        self.low = min(self.low, self.limit)
-        self._credit = 0.0
-
-    @staticmethod
-    def stats(windows: list[_Window]) -> dict:
-        """What a manifest records: per server, the worst case over the servers."""
-        return {
-            "mode": "pinned" if windows[0].pinned else "adaptive",
-            "start": windows[0].start,
-            "peak_in_flight": max(w.peak for w in windows),
-            "lowest": min(w.low for w in windows),
-            "end": min(w.limit for w in windows),
-            "backoffs": sum(w.backoffs for w in windows),
-        }
-
-
-class _Meter:
-    """One generate call's progress: samples as answers arrive, tokens as the server makes them (when it
-    says) or as answers arrive; the total is corrected to the answers' exact count at the end."""
-
-    def __init__(self, progress: Progress | None, cap: int) -> None:
-        self.progress = progress
-        self.cap = cap  # no server count can mean more than every request's max_tokens
-        self.exact = self.live = self.shown = 0
-
-    def answered(self, result: GenResult) -> None:
-        self.exact += sum(s.completion_tokens for s in result.samples)
-        self._show(len(result.samples))
-
-    def server(self, generated: int) -> None:
-        self.live = min(generated, self.cap)
-        self._show(0)
-
-    def _show(self, samples: int) -> None:
-        target = max(self.exact, self.live)
-        if self.progress is not None and (samples or target != self.shown):
-            self.progress(samples, target - self.shown)
-            self.shown = target
-
-    def close(self) -> None:
-        if self.progress is not None and self.shown != self.exact:
-            self.progress(0, self.exact - self.shown)  # other clients of a shared server counted too
-            self.shown = self.exact
 
 
 async def _generated_tokens(client) -> float | None:

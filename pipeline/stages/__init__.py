@@ -107,8 +107,25 @@ class Stage:
         one-process run and in `distill merge`, so both write the same manifest."""
         return {}
 
+    def engine(self, role: str, load):
+        """The engine for `role` ('teacher', 'rewriter', 'critic'), loaded with `load()` on first use and
+        freed by `close`; one given ready (`self._engines[role]`, e.g. a test's shared engine) is used as it is
+        and left open. A stage shipped to a worker arrives without engines and loads its own there."""
+        engines = self.__dict__.setdefault("_engines", {})
+        if engines.get(role) is None:
+            engines[role] = load()
+            self.__dict__.setdefault("_owned", []).append(engines[role])
+        return engines[role]
+
     def close(self) -> None:
-        """Free what `work` loaded (engines)."""
+        """Free what `work` loaded (the engines `engine` loaded; ready ones stay open)."""
+        owned = self.__dict__.pop("_owned", [])
+        engines = self.__dict__.get("_engines", {})
+        for role, engine in engines.items():
+            if any(engine is o for o in owned):
+                engines[role] = None
+        for engine in owned:
+            engine.close()
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}

@@ -15,8 +15,8 @@ seed and the row id, so a row's completions do not depend on sharding, batching 
 (``--no-seed``) sends no seed at all, for servers that refuse or mishandle them; the ``seed`` column is then
 null and the manifest says ``seeded: false``: a rerun gives other completions.
 
-The progress bar counts samples and completion tokens as the engine makes them, with tokens/s and an ETA
-from the token rate.
+The progress bar (pipeline/progress.py) counts samples and completion tokens as the engine makes them, with
+tokens/s and an ETA from the token rate.
 
 Several teachers: the work is cut teacher-major (all shards of teacher 1, then of teacher 2, ...), so only
 one engine is loaded at a time, and each shard is a unit of resume.

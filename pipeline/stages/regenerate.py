@@ -154,15 +154,12 @@ class RegenerateStage(Stage):
         self.method = method
         self.teacher = teacher  # a ModelConfig (method teacher), else None
         self.gpus = teacher.gpus if teacher is not None else 0
-        self._engine = engine
-        self._owned = None
+        self._engines = {"teacher": engine}
 
     def _get_engine(self):
-        if self.__dict__.get("_engine") is None:
-            from pipeline.engines import load_teacher
+        from pipeline.engines import load_teacher
 
-            self._engine = self._owned = load_teacher(self.teacher)
-        return self._engine
+        return self.engine("teacher", lambda: load_teacher(self.teacher))
 
     def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         hard = shard.to_pylist()
@@ -187,12 +184,6 @@ class RegenerateStage(Stage):
             rejected=pa.Table.from_pylist(rejected, schema=schema),
             stats=stats,
         )
-
-    def close(self) -> None:
-        owned = self.__dict__.get("_owned")
-        if owned is not None:
-            owned.close()
-            self._owned = self._engine = None
 
 
 def _from_task(hard: list[dict], config: Config, method: str) -> list[dict]:

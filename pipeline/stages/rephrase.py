@@ -147,19 +147,16 @@ class RephraseStage(Stage):
         self.teacher = teacher
         self.gpus = teacher.gpus
         self.progress = progress
-        self._engine = engine
-        self._owned = None
+        self._engines = {"teacher": engine}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.progress = False  # a worker elsewhere has no terminal to draw a bar on
 
     def _get_engine(self):
-        if self.__dict__.get("_engine") is None:
-            from pipeline.engines import load_teacher
+        from pipeline.engines import load_teacher
 
-            self._engine = self._owned = load_teacher(self.teacher)
-        return self._engine
+        return self.engine("teacher", lambda: load_teacher(self.teacher))
 
     def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         from pipeline.engines import GenRequest
@@ -220,12 +217,6 @@ class RephraseStage(Stage):
                 "rewrites": len(kept) - len(sources) * cfg.keep_source,
             },
         )
-
-    def close(self) -> None:
-        owned = self.__dict__.get("_owned")
-        if owned is not None:
-            owned.close()
-            self._owned = self._engine = None
 
 
 def _style(config: Config, k: int) -> str:

@@ -238,20 +238,14 @@ class SelfDistillStage(Stage):
         self.schema = schema  # the output rows' schema
         self.critic = critic  # the run's critic (a ModelConfig), or None
         self.has_critic = has_critic
-        self._ready = {"rewriter": engine, "critic": critic_engine}
-        self._owned: list = []
+        self._engines = {"rewriter": engine, "critic": critic_engine}
 
     def _get(self, which: str):
-        ready = self.__dict__.setdefault("_ready", {"rewriter": None, "critic": None})
-        if ready[which] is None:
-            from pipeline.engines import load_engine, load_teacher
+        from pipeline.engines import load_engine, load_teacher
 
-            if which == "rewriter":
-                ready[which] = load_engine(self.config.engine, self.resolved)
-            else:
-                ready[which] = load_teacher(self.critic)
-            self.__dict__.setdefault("_owned", []).append(ready[which])
-        return ready[which]
+        if which == "rewriter":
+            return self.engine(which, lambda: load_engine(self.config.engine, self.resolved))
+        return self.engine(which, lambda: load_teacher(self.critic))
 
     def _count_tokens(self, text: str) -> int:
         if "_tokenizer" not in self.__dict__:
@@ -317,12 +311,6 @@ class SelfDistillStage(Stage):
         return store.ShardOutput(
             data=pa.Table.from_pylist(out, schema=schema), rejected=rejected, stats=stats
         )
-
-    def close(self) -> None:
-        for engine in self.__dict__.get("_owned", []):
-            engine.close()
-        self.__dict__.get("_owned", []).clear()
-        self.__dict__["_ready"] = {"rewriter": None, "critic": None}
 
 
 def _verified(shard: pa.Table) -> tuple[pa.Table, pa.Table | None]:

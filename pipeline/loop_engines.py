@@ -1,0 +1,110 @@
+"""The loop's engines: the student engine (every round's adapter) and the teacher, each started once.
+
+A vLLM start costs about 30 s on a CPU, so pipeline/loop.py keeps one student engine and one teacher engine
+for all its rounds, stops a merge-mode student engine before training (memory), and shares one engine when
+the teacher is the student's own base model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.recipe import LoopConfig, Recipe
+
+
+class LoopEngines:
+    """The loop's engines, each started once and kept across rounds (a vLLM start costs ~30 s on a CPU).
+
+    On vllm the student engine serves every student adapter (per request with vLLM's LoRA, or as a merged
+    copy on a CPU: `lora_mode`), and, when the teacher is the student's own base model on vllm, the teacher
+    too."""
+
+    def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int):
+        self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
+        self._student = self._teacher = None
+
+    def student(self, adapter: str | None = None):
+        """The engine for the student's evaluation and mining (None: each stage loads its own hf model).
+        `adapter`: the one it will serve first (a merge-mode engine then starts on that merged copy)."""
+        if self.loop.engine != "vllm":
+            return None
+        if self._student is None:
+            from pipeline.engines.vllm import VLLMEngine
+            from pipeline.models import resolve
+
+            mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
+            self._student = VLLMEngine(
+                resolve(self.student_model),
+                enable_lora=True,
+                max_lora_rank=self.lora_rank,
+                lora_mode=mode,
+                adapter=adapter,
+            )
+        return self._student
+
+    def before_training(self) -> None:
+        """Free the memory training needs. A merge-mode engine restarts for the next adapter anyway, so it
+        is stopped now (here a kept engine plus training needed ~9 GB, and two loops side by side ran out of
+        memory); a per-request LoRA engine is kept (no restart) and holds its memory."""
+        if self._student is not None and self._student.lora_mode == "merge":
+            self._student.close()
+            self._student = None  # (a teacher that shares it is the same engine: stopped too)
+
+    def shares_teacher(self) -> bool:
+        tc = self.recipe.teachers[0]
+        return (
+            self.loop.engine == "vllm"
+            and tc.engine == "vllm"
+            and not tc.adapter
+            and tc.model == self.student_model
+            and not tc.engine_options()
+        )
+
+    def teacher(self):
+        if self.shares_teacher():
+            return self.student()
+        if self._teacher is None:
+            from pipeline.engines import load_teacher
+
+            self._teacher = load_teacher(self.recipe.teachers[0])
+        return self._teacher
+
+    def teacher_accuracy(self, val_dir: Path, out: Path, max_tokens: int) -> float:
+        """The teacher's greedy validation accuracy, measured once (kept in `out`): the bar the student must
+        clear to generate (`generator: best`)."""
+        if out.exists():
+            return json.loads(out.read_text())["pass@1"]
+        from pipeline.evaluate import evaluate
+        from pipeline.stages import input_table
+        from pipeline.store import write_json_atomic
+
+        rows = input_table(val_dir).to_pylist()
+        result = evaluate(
+            self.recipe.teachers[0].model,
+            task=rows[0]["task"],
+            engine=self.loop.engine,
+            limit=None,
+            max_tokens=max_tokens,
+            rows=rows,
+            engine_obj=self.teacher() if self.shares_teacher() else None,
+        )
+        result.pop("rows")
+        write_json_atomic(out, result)
+        return result["pass@1"]
+
+    def close(self) -> None:
+        for engine in (self._student, self._teacher):
+            if engine is not None:
+                engine.close()
+        self._student = self._teacher = None
+
+
+def lora_rank(train_config: str) -> int:
+    """The LoRA rank the loop's training config asks for (vLLM's max_lora_rank must hold it)."""
+    import yaml
+
+    from pipeline.adapters import vllm_lora_rank
+
+    rank = int(((yaml.safe_load(Path(train_config).read_text()) or {}).get("peft") or {}).get("r") or 16)
+    return vllm_lora_rank(rank)
