@@ -128,7 +128,10 @@ class Stage:
             engine.close()
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        if "progress" in state:
+            state["progress"] = False  # a worker elsewhere has no terminal to draw a bar on
+        return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -240,10 +240,6 @@ class GenerateStage(Stage):
         self._ready = dict(engines or {})
         self._owned: dict = {}
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.progress = False  # a worker elsewhere has no terminal to draw a bar on
-
     @property
     def _bar(self) -> TokenProgress:
         if "_bar_obj" not in self.__dict__:

@@ -149,10 +149,6 @@ class RephraseStage(Stage):
         self.progress = progress
         self._engines = {"teacher": engine}
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.progress = False  # a worker elsewhere has no terminal to draw a bar on
-
     def _get_engine(self):
         from pipeline.engines import load_teacher
 
