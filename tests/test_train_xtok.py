@@ -2,6 +2,7 @@
 SmolLM2-135M (student, 49,152 tokens), a handful of rows, one or two steps.
 
 - ``uld``: a step of offline logit KD from the teacher's top-k moves the LoRA weights and lowers the loss;
+- ``gold``: an on-policy step samples from the student (its text is not the dataset's answer) and trains;
 - ``kd``/``gkd`` refuse the mixed vocabularies in one line that names the mode to use (exit 2).
 """
 
@@ -147,6 +148,31 @@ def test_uld_step_moves_lora_and_lowers_the_loss(paths, export_dir, tmp_path):
     assert len(losses) == 2 and all(0 < x < float("inf") for x in losses)
     assert losses[1] < losses[0], f"the loss on the same batch did not fall after a step: {losses}"
     _lora_moved_base_kept(trainer, tmp_path / "uld", paths["student"])
+
+
+def test_gold_step_samples_from_the_student(paths, export_dir, tmp_path):
+    cfg = _config(
+        tmp_path,
+        "gold",
+        export_dir,
+        teacher_model_name_or_path=TEACHER,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        lmbda=1.0,
+        max_completion_length=8,
+    )
+    manifest, trainer = train(load_job("gold", cfg))
+
+    assert manifest["use_uld_loss"] is True  # switched on because the tokenizers differ
+    assert manifest["teacher_scoring"]["tokens"] > 0 and manifest["teacher_scoring"]["tokens_per_s"] > 0
+    sampled = list(trainer._textual_logs["completion"])
+    assert len(sampled) == 2
+    answers = {_answer(a, b) for a, b in PROBLEMS}
+    for text in sampled:
+        text = text.replace("<|im_end|>", "").strip()
+        assert text and text not in answers, f"not the student's own sample: {text!r}"
+    _lora_moved_base_kept(trainer, tmp_path / "gold", paths["student"])
 
 
 @pytest.mark.parametrize(
