@@ -24,6 +24,7 @@ from pipeline.cli_flags import add_executor_flags, executor_from_args
 from pipeline.cli_stages import make_stage_command
 from pipeline.errors import RetryPending, UserError
 from pipeline.prune import METHODS as PRUNE_METHODS
+from pipeline.train.config import MODES as TRAIN_MODES
 
 STAGES = ("prompts", "rephrase", "generate", "verify", "mine", "regenerate", "self-distill", "export")
 
@@ -244,7 +245,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("train", help="train a LoRA student with TRL from a config YAML")
-    p.add_argument("mode", choices=["sft", "dpo", "gkd", "kd"])
+    p.add_argument("mode", choices=list(TRAIN_MODES))
     p.add_argument("config", help="TRL config YAML (scripts/configs/*.yaml)")
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--max-steps", type=int, help="override max_steps")

@@ -1,10 +1,12 @@
-"""Train the student with TRL from a YAML config: ``distill train sft|dpo|gkd|kd CONFIG.yaml``.
+"""Train the student with TRL from a YAML config: ``distill train sft|dpo|gkd|kd|gold|uld CONFIG.yaml``.
 
 Modes (each a config/trainer pair, built in its own module):
 - ``sft``: sequence-level KD, i.e. SFT on verified teacher outputs (``sft/`` export);
 - ``dpo``: preference pairs, chosen = a verified answer, rejected = a failing one (``dpo/`` export);
 - ``gkd``: on-policy KD with TRL's GKD trainer and a teacher model (same tokenizer as the student);
-- ``kd``: offline top-k logit KD from the teacher's stored logprobs (``kd/`` export).
+- ``kd``: offline top-k logit KD from the teacher's stored logprobs (``kd/`` export, same tokenizer);
+- ``gold``: on-policy distillation with TRL's GOLD trainer, also from a teacher with another tokenizer (ULD loss);
+- ``uld``: offline logit KD across tokenizers from the stored top-k, with TRL's ULD loss (``kd/`` export).
 
 Output, under the config's ``output_dir``::
 
@@ -60,6 +62,10 @@ def build_trainer(job: TrainJob, model, tokenizer, dataset):
         from pipeline.train.dpo import build_trainer as build
     elif job.mode == "gkd":
         from pipeline.train.gkd import build_trainer as build
+    elif job.mode == "gold":
+        from pipeline.train.gold import build_trainer as build
+    elif job.mode == "uld":
+        from pipeline.train.uld import build_trainer as build
     else:
         from pipeline.train.kd import build_trainer as build
     return build(job, model, tokenizer, dataset)

@@ -1,7 +1,7 @@
 """Training YAML -> a TRL config plus the model, the dataset and the LoRA config.
 
 A training YAML holds the fields of the mode's TRL config class (``SFTConfig``, ``DPOConfig``,
-``GKDConfig``, or our ``KDConfig``), plus these keys of ours:
+``GKDConfig``, ``GOLDConfig`` for ``gold`` and ``uld``, or our ``KDConfig``), plus these keys of ours:
 
 - ``model``: a model spec (see ``pipeline.models``), e.g. ``smollm2-135m-instruct`` or a local folder;
 - ``recipe`` (instead of ``model``): train that recipe's student, i.e. the pruned copy when its
@@ -12,8 +12,11 @@ A training YAML holds the fields of the mode's TRL config class (``SFTConfig``, 
 - ``peft``: ``peft.LoraConfig`` fields; omit it (or set it to null) for full fine-tuning;
 - ``merge``: also save the adapter merged into a full model under ``<output_dir>/merged``.
 
-For ``gkd`` the teacher is ``teacher_model_name_or_path``, given as a model spec.
-Unknown keys and wrongly typed values are ``UserError``s that name the key.
+For ``gkd`` and ``gold`` the teacher is ``teacher_model_name_or_path``, given as a model spec; for ``uld`` the
+teacher's tokenizer is ``teacher_tokenizer_name_or_path`` (default: the ``teacher`` of the kd/ rows).
+Unknown keys and wrongly typed values are ``UserError``s that name the key. Logits over two vocabularies
+are never compared id by id: ``kd`` and ``gkd`` refuse a teacher with another tokenizer and name the
+cross-tokenizer mode to use instead (``uld`` offline, ``gold`` on-policy).
 """
 
 from __future__ import annotations
@@ -34,15 +37,20 @@ import yaml
 from pipeline.errors import UserError
 
 OUR_KEYS = ("model", "recipe", "run_dir", "dataset", "peft", "adapter", "merge")
-MODES = ("sft", "dpo", "gkd", "kd")
+MODES = ("sft", "dpo", "gkd", "kd", "gold", "uld")
 # The export subfolder each mode reads, and the columns it needs (any one of the alternatives).
-EXPORT_FORMAT = {"sft": "sft", "dpo": "dpo", "gkd": "sft", "kd": "kd"}
+EXPORT_FORMAT = {"sft": "sft", "dpo": "dpo", "gkd": "sft", "kd": "kd", "gold": "sft", "uld": "kd"}
 REQUIRED_COLUMNS = {
     "sft": [("messages",), ("prompt", "completion")],
     "dpo": [("prompt", "chosen", "rejected")],
     "gkd": [("messages",)],
     "kd": [("prompt", "completion", "topk_ids", "topk_logprobs")],
+    "gold": [("messages",)],
+    "uld": [("prompt", "completion", "topk_ids", "topk_logprobs")],
 }
+# GOLDConfig fields that only mean something on-policy, with their inert values: `uld` trains on the stored
+# teacher top-k, so it refuses any other value.
+ON_POLICY_FIELDS = {"lmbda": 0, "use_vllm": False, "teacher_model_name_or_path": None, "seq_kd": False}
 SECRET_HINTS = ("hub_token", "hf_token", "api_key", "secret", "password")
 
 
@@ -79,6 +87,11 @@ def config_class(mode: str):
         from pipeline.train.kd import KDConfig
 
         return KDConfig
+    if mode in ("gold", "uld"):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GOLD lives in trl.experimental; we pin trl
+        from trl.experimental.gold import GOLDConfig
+
+        return GOLDConfig
     raise UserError(f"unknown training mode '{mode}'; use one of: {', '.join(MODES)}")
 
 
@@ -143,19 +156,13 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
         # Flattened batches have no attention mask and no padding; "non_padding" would then drop every
         # token equal to the pad id (often the end-of-turn token), so count them all.
         args_fields["include_num_input_tokens_seen"] = "all"
-    if mode == "gkd" and args_fields.get("teacher_model_name_or_path"):
-        from pipeline.models import resolve, tokenizer_fingerprint
-
-        teacher = resolve(args_fields["teacher_model_name_or_path"]).path
-        theirs, mine = tokenizer_fingerprint(teacher), tokenizer_fingerprint(resolve(model).path)
-        if theirs and mine and theirs != mine:
-            # TRL's GKD compares the two models' logits position by position, one vocabulary.
-            raise UserError(
-                f"gkd: the teacher {args_fields['teacher_model_name_or_path']} has a different tokenizer than the "
-                f"student {model}; GKD needs one vocabulary: use `distill train sft` on the teacher's verified "
-                "answers, or a teacher that shares the student's tokenizer"
-            )
-        args_fields["teacher_model_name_or_path"] = teacher
+    if mode in ("gkd", "gold"):
+        _check_teacher(mode, args_fields, raw, model)
+    dataset_dir = resolve_dataset(dataset, mode)
+    if mode == "kd":
+        _check_topk_vocabulary(dataset_dir, model)
+    elif mode == "uld":
+        _uld_fields(args_fields, raw, dataset_dir)
     try:
         args = cls(**args_fields)
     except (ValueError, TypeError) as e:
@@ -176,13 +183,113 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
         except (ValueError, TypeError) as e:
             raise UserError(f"invalid peft settings: {str(e).splitlines()[0]}") from None
 
-    dataset_dir = resolve_dataset(dataset, mode)
     shown = {"model": model, "dataset": dataset, "peft": peft_fields, "merge": merge, **raw}
     if adapter is not None:
         shown["adapter"] = str(adapter)
     if recipe is not None:
         shown.update(recipe=str(recipe), run_dir=run_dir)
     return TrainJob(mode, args, model, dataset_dir, peft_config, merge, redact(shown), adapter)
+
+
+def _check_teacher(mode: str, args_fields: dict, raw: dict, model: str) -> None:
+    """Resolve the teacher spec to a folder; refuse to compare logits over two vocabularies id by id."""
+    spec = args_fields.get("teacher_model_name_or_path")
+    if not spec:
+        if mode == "gold":
+            raise UserError(
+                "gold needs a teacher: set `teacher_model_name_or_path: <model spec>` in the config"
+            )
+        return
+    from pipeline.models import resolve, tokenizer_fingerprint
+
+    teacher = resolve(spec).path
+    args_fields["teacher_model_name_or_path"] = teacher
+    theirs, mine = tokenizer_fingerprint(teacher), tokenizer_fingerprint(resolve(model).path)
+    differ = bool(theirs and mine and theirs != mine)
+    if mode == "gkd" and differ:
+        # TRL's GKD compares the two models' logits position by position, one vocabulary.
+        raise UserError(
+            f"gkd: the teacher {spec} has a different tokenizer than the student {model}; GKD needs one "
+            "vocabulary: use `distill train gold` (on-policy, aligned across tokenizers), or `distill train sft` "
+            "on the teacher's verified answers"
+        )
+    if mode == "gold":
+        if "use_uld_loss" not in raw:
+            args_fields["use_uld_loss"] = differ
+        elif differ and not args_fields["use_uld_loss"]:
+            raise UserError(
+                f"gold: the teacher {spec} has a different tokenizer than the student {model}, and "
+                "`use_uld_loss: false` compares their logits id by id; set `use_uld_loss: true` (or drop the key)"
+            )
+        if args_fields.get("use_uld_loss"):
+            tok = args_fields.get("teacher_tokenizer_name_or_path")
+            args_fields["teacher_tokenizer_name_or_path"] = resolve(tok).path if tok else teacher
+
+
+def _topk_tokenizers(dataset_dir: Path) -> set[str]:
+    """The vocabulary fingerprints the generate stage recorded for the top-k ids of a kd/ dataset."""
+    if "topk_tokenizer" not in _columns(dataset_dir):
+        return set()
+    from datasets import load_from_disk
+
+    return {t for t in load_from_disk(str(dataset_dir))["topk_tokenizer"] if t}
+
+
+def _check_topk_vocabulary(dataset_dir: Path, model: str) -> None:
+    """Same-tokenizer KD indexes the student's logits with the teacher's ids: refuse another vocabulary."""
+    from pipeline.models import resolve, tokenizer_fingerprint
+
+    theirs = _topk_tokenizers(dataset_dir)
+    if not theirs:
+        return
+    mine = tokenizer_fingerprint(resolve(model).path)
+    if mine and theirs - {mine}:
+        raise UserError(
+            f"kd: the teacher's top-k ids in {dataset_dir} index another vocabulary than the student {model}'s; "
+            "use `distill train uld` (logit KD aligned across tokenizers), or `distill train sft`"
+        )
+
+
+def _uld_fields(args_fields: dict, raw: dict, dataset_dir: Path) -> None:
+    """``uld`` is GOLD's ULD loss on stored top-k: no on-policy fields; the teacher tokenizer matches the rows."""
+    for key, inert in ON_POLICY_FIELDS.items():
+        if key in raw and raw[key] != inert:
+            raise UserError(
+                f"uld trains offline on the teacher's stored top-k, so `{key}` has no effect; drop it, or use "
+                "`distill train gold` for on-policy distillation"
+            )
+    args_fields.update(use_uld_loss=True, lmbda=0.0)
+    max_length = args_fields.get("max_length", 1024)
+    if "max_completion_length" not in raw and max_length is not None:
+        # GOLDConfig checks max_completion_length < max_length; offline it only bounds nothing, keep it valid.
+        args_fields["max_completion_length"] = min(128, max(1, max_length - 1))
+    from pipeline.models import resolve, tokenizer_fingerprint
+
+    spec = args_fields.get("teacher_tokenizer_name_or_path")
+    if not spec:
+        from datasets import load_from_disk
+
+        rows = load_from_disk(str(dataset_dir))
+        teachers = sorted({t for t in rows["teacher"] if t}) if "teacher" in rows.column_names else []
+        if len(teachers) != 1:
+            raise UserError(
+                "uld needs the tokenizer of the teacher that wrote the top-k: set "
+                "`teacher_tokenizer_name_or_path: <model spec>` (e.g. qwen2.5-coder-0.5b-instruct)"
+            )
+        spec = teachers[0]
+    try:
+        path = resolve(spec).path
+    except UserError as e:
+        raise UserError(
+            f"uld: cannot load the teacher tokenizer `{spec}` ({e}); set `teacher_tokenizer_name_or_path: <model spec>`"
+        ) from None
+    theirs, mine = _topk_tokenizers(dataset_dir), tokenizer_fingerprint(path)
+    if mine and theirs and theirs != {mine}:
+        raise UserError(
+            f"uld: the top-k ids in {dataset_dir} come from another tokenizer than {spec}'s; set "
+            "`teacher_tokenizer_name_or_path` to the teacher that generated them"
+        )
+    args_fields["teacher_tokenizer_name_or_path"] = path
 
 
 def cpu_safe_defaults(mode: str) -> dict:

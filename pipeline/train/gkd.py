@@ -3,7 +3,8 @@
 The student samples completions for the ``sft/`` prompts (a ``lmbda`` fraction of steps) and is trained to
 match the teacher's full next-token distribution on them (generalized JSD, ``beta``). The teacher is
 ``teacher_model_name_or_path``, a model spec; it must share the student's tokenizer, since the loss compares
-distributions over one vocabulary. With a different tokenizer, use ``sft`` (sequence-level KD) instead.
+distributions over one vocabulary. With a different tokenizer, use ``gold`` (on-policy, aligned across
+tokenizers) or ``sft`` (sequence-level KD) instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def check_same_tokenizer(student_tok, teacher_tok, teacher_name: str) -> None:
     if student_tok.get_vocab() != teacher_tok.get_vocab():
         raise UserError(
             f"teacher {teacher_name} uses a different tokenizer from the student, so their logits cannot be "
-            "compared; use `distill train sft` on the teacher's verified outputs (sequence-level KD) instead"
+            "compared id by id; use `distill train gold` (aligned across tokenizers), or `distill train sft`"
         )
 
 
@@ -32,7 +33,7 @@ def build_trainer(job, model, tokenizer, dataset):
     check_same_tokenizer(tokenizer, teacher_tok, teacher_spec)
     if teacher.config.get_text_config().vocab_size != model.config.get_text_config().vocab_size:
         raise UserError(
-            f"teacher {teacher_spec} and the student have different vocab sizes; use `distill train sft` instead"
+            f"teacher {teacher_spec} and the student have different vocab sizes; use `distill train gold` instead"
         )
     # GKD's ChatML collator needs the raw `messages`; other columns would only confuse it.
     dataset = dataset.select_columns(["messages"])

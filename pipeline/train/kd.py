@@ -198,8 +198,8 @@ def prepare_dataset(dataset, tokenizer, max_length: int | None):
         if theirs - {mine}:
             raise UserError(
                 f"kd: the teacher's top-k ids index another vocabulary (tokenizer {sorted(theirs)[0][:12]}, the "
-                f"student's is {mine[:12]}); same-tokenizer logit KD cannot mix them: use `distill train sft` "
-                "(sequence-level KD), or a teacher that shares the student's tokenizer"
+                f"student's is {mine[:12]}); same-tokenizer logit KD cannot mix them: use `distill train uld` "
+                "(logit KD aligned across tokenizers), or `distill train sft`"
             )
     tokenized = dataset.map(
         tokenize_row,
@@ -212,13 +212,13 @@ def prepare_dataset(dataset, tokenizer, max_length: int | None):
     if len(kept) == 0:
         raise UserError(
             "no kd/ row's top-k logprobs line up with the student's tokenization of the completion: the teacher "
-            "probably uses a different tokenizer; use `distill train sft` (sequence-level KD) instead"
+            "probably uses a different tokenizer; use `distill train uld` (logit KD aligned across tokenizers) instead"
         )
     max_id = max(max(max(step) for step in r) for r in kept["topk_ids"] if r)
     if max_id >= vocab:
         raise UserError(
             f"teacher top-k ids go up to {max_id} but the student's vocabulary has {vocab} tokens: different "
-            "tokenizers; use `distill train sft` (sequence-level KD) instead"
+            "tokenizers; use `distill train uld` (logit KD aligned across tokenizers) instead"
         )
     return kept, dropped
 
