@@ -181,15 +181,27 @@ def _extra(manifest: dict) -> dict:
 
 
 def references(out: Path) -> dict:
+    """The student before training, and the teacher bare and as it answered the data (worked examples)."""
+    worked = ("--system-template", WORKED["system_template"], "--shots-template", WORKED["shots_template"])
+    models = [
+        ("student before training", "before", SMOL, ()),
+        ("teacher Qwen, bare question", "teacher", QWEN, ()),
+        ("teacher Qwen, worked examples first (as it wrote the data)", "teacher-worked", QWEN, worked),
+    ]
     return {
         name: (
-            score(model, None, out / f"{key}-test.json"),
-            score(model, None, out / f"{key}-capitals.json", task="capitals", limit=None, tokens=48),
+            score(model, None, out / f"{key}-test.json", flags=flags),
+            # capitals without arithmetic examples: the bare teacher's score serves both teacher rows
+            score(
+                model,
+                None,
+                out / f"{key.split('-')[0]}-capitals.json",
+                task="capitals",
+                limit=None,
+                tokens=48,
+            ),
         )
-        for name, key, model in (
-            ("student before training", "before", SMOL),
-            ("teacher Qwen", "teacher", QWEN),
-        )
+        for name, key, model, flags in models
     }
 
 

@@ -63,24 +63,15 @@ def score(
     task: str = "arithmetic",
     limit: int | None = 100,
     tokens: int = 96,
+    flags: tuple[str, ...] = (),
 ) -> dict:
-    """Greedy pass@1 on the task's test split (vLLM), once; arithmetic's ``limit`` is per held-out family."""
+    """Greedy pass@1 on the task's test split (vLLM), once; arithmetic's ``limit`` is per held-out family.
+    ``flags``: more `distill eval` flags (e.g. a teacher's --system-template and --shots-template)."""
     if not out.exists():
-        args = [
-            "eval",
-            model,
-            "--task",
-            task,
-            "--split",
-            "test",
-            "--max-tokens",
-            str(tokens),
-            "--engine",
-            "vllm",
-        ]
-        args += ["--limit", str(limit)] if limit else []
+        args = ["eval", model, "--task", task, "--split", "test", "--max-tokens", str(tokens)]
+        args += ["--engine", "vllm", *(["--limit", str(limit)] if limit else [])]
         args += ["--adapter", str(adapter)] if adapter else []
-        distill(*args, "--output", str(out))
+        distill(*args, *flags, "--output", str(out))
     return json.loads(out.read_text())
 
 
