@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 import yaml
+from experiments import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The two sizes of the experiment. Steps, prompts and evaluation sizes are the only differences.

@@ -23,20 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
+from experiments import REPO, distill, mean_sd, paired
 
-REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "exp_pgkd"
-ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
 RECIPE = """run: {run}
 teacher: {{model: smollm2-135m-instruct, engine: vllm}}
@@ -60,15 +55,6 @@ ABLATIONS = {  # one lever switched off per row (weighting is off by default, so
     "+ weighting of new rows (each repeated twice)": {"new_weight": 2},
     "- honest stopping (patience 1)": {"patience": 1},
 }
-
-
-def distill(*args: str) -> None:
-    t0 = time.perf_counter()
-    print(f"$ distill {' '.join(args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=ENV)
-    if r.returncode != 0:
-        sys.exit(f"distill {args[0]} failed (exit {r.returncode})")
-    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def write_recipe(folder: Path, run: str, n: int, seed: int, loop: dict) -> Path:
@@ -220,12 +206,6 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
         "wall_s": float((folder / "wall_s").read_text()),  # without the base run's generation (shared)
         "prompts": n,
     }
-
-
-def mean_sd(values: list[float]) -> str:
-    if len(values) < 2:  # one seed has no spread to show
-        return f"{100 * statistics.mean(values):.1f} (one seed)"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -419,14 +399,9 @@ def save_ablation(out: Path, name: str, result: dict) -> None:
 
 
 def mcnemar(a: Path, b: Path) -> str:
-    """Paired by problem: problems only `a` solves, only `b` solves, and the exact two-sided McNemar p-value
-    (a binomial test on the discordant problems). It measures test-set noise for these two students only,
-    not the spread over training seeds."""
-    solved = [{r["id"]: bool(r["passed"]) for r in json.loads(p.read_text())["rows"]} for p in (a, b)]
-    wins = sum(1 for k, ok in solved[0].items() if ok and not solved[1].get(k, False))
-    losses = sum(1 for k, ok in solved[1].items() if ok and not solved[0].get(k, False))
-    n, k = wins + losses, min(wins, losses)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    """Paired by problem: problems only `a` solves, only `b` solves, and the exact two-sided McNemar p-value.
+    It measures test-set noise for these two students only, not the spread over training seeds."""
+    wins, losses, p = paired([json.loads(a.read_text())], [json.loads(b.read_text())])
     return f"{wins} won, {losses} lost (exact McNemar p = {p:.3f})"
 
 

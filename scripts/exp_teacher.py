@@ -30,19 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
+from experiments import QWEN, REPO, SMOL, distill
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
 WORKED = {
     "system_template": "system/arithmetic_worked.jinja",
     "shots_template": "shots/arithmetic_worked.jinja",
@@ -92,15 +86,6 @@ GENERATE = {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": 96}
 VERIFY = {"verifiers": ["math"], "dedup": {"minhash_threshold": 0.9}}
 TEST_LIMIT, TEST_TOKENS = 100, 96
 EPOCHS = 3  # over the SFT rows, as scripts/configs/sft.yaml (arms from the 1-epoch days keep their figure)
-
-
-def distill(*args: str) -> None:
-    t0 = time.perf_counter()
-    print(f"$ distill {' '.join(args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=ENV)
-    if r.returncode != 0:
-        sys.exit(f"distill {args[0]} failed (exit {r.returncode})")
-    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def generation(out: Path, name: str, seed: int) -> Path:

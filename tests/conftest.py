@@ -55,6 +55,29 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def kill_at_first_done(
+    proc: subprocess.Popen, stage_dir: Path, timeout: float, died: str, log: Path | None = None
+):
+    """SIGKILL `proc`'s whole process group (as a scheduler killing a job does: the engine-core child too) as
+    soon as the first shard of `stage_dir` is marked done. `died` (and the end of `log`) is the failure
+    message if the process ends before."""
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while not (stage_dir / "shards" / "00000" / ".done").exists():
+            assert proc.poll() is None, died + (": " + log.read_text()[-3000:] if log else "")
+            assert time.time() < deadline, f"no shard of {stage_dir.name} finished in {timeout:.0f} s"
+            time.sleep(0.05)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 # --------------------------------------------------------------------------- small servers on 127.0.0.1
 
 

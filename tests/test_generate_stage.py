@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.recipe import ModelConfig, RunContext
 from pipeline.stages import generate
 from pipeline.tasks import load_task
+from tests.conftest import kill_at_first_done
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER = ModelConfig(model="smollm2-135m-instruct", engine="vllm", max_model_len=1024)
@@ -176,18 +175,7 @@ def test_sigkill_midway_resumes_only_missing_shards(vllm_engine, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(script), str(inp), str(out)], env=env, cwd=tmp_path, start_new_session=True
     )
-    try:
-        deadline = time.time() + 240
-        while not (out / "shards" / "00000" / ".done").exists():
-            assert proc.poll() is None, "the stage subprocess died before finishing a shard"
-            assert time.time() < deadline, "no shard finished in time"
-            time.sleep(0.05)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    kill_at_first_done(proc, out, 240, died="the stage subprocess died before finishing a shard")
     done_before = sorted(p.parent.name for p in (out / "shards").glob("*/.done"))
     assert 1 <= len(done_before) < 6
 

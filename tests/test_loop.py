@@ -16,7 +16,7 @@ from pipeline.recipe import RunContext
 from pipeline.stages import regenerate
 from pipeline.stages.regenerate import parse_problem
 from pipeline.tasks import load_task
-from tests.conftest import REPO, LocalServer, run_cli
+from tests.conftest import REPO, LocalServer, kill_at_first_done, run_cli
 
 
 def _hard_prompts(tmp_path, n=3):
@@ -361,8 +361,6 @@ def test_a_loop_killed_mid_round_resumes_at_its_step_with_nothing_lost_or_duplic
     """SIGKILL inside round 0's generate-more (after the loop wrote hard-prompts), then the same command: the
     finished steps are not redone, the killed step runs only its missing shards, and round 1 trains on
     exactly the verified rows of both runs."""
-    import os
-    import signal
     import subprocess
     import sys
 
@@ -378,18 +376,7 @@ def test_a_loop_killed_mid_round_resumes_at_its_step_with_nothing_lost_or_duplic
     log = tmp_path / "killed.log"  # a file, not a pipe: an unread pipe would block the loop's progress bar
     with open(log, "w") as err:
         proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stderr=err)
-    try:
-        deadline = time.time() + 1200
-        while not (step / "shards" / "00000" / ".done").exists():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "round 0 never reached generate-more"
-            time.sleep(0.05)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    kill_at_first_done(proc, step, 1200, died="the loop died before generate-more", log=log)
     assert store.read_manifest(step) is None, "the kill landed inside generate-more"
     done_before = {int(p.parent.name) for p in (step / "shards").glob("*/.done")}
     finished = {p: p.read_bytes() for p in run_dir.rglob("manifest.json")}

@@ -25,16 +25,17 @@ verifier that ran on it.
     distill verify --input gens.jsonl --output out/ --config verify.yaml --critic smollm2-135m-instruct --engine hf
 
 Work is sharded by prompt (all samples of a prompt, from every teacher, in one shard), so selection and pass
-rates never depend on the sharding. Decontamination and prompt dedup look at all prompts first; the shards are
-a `VerifyStage` that an executor can ship (`--executor ray|slurm`).
+rates never depend on the sharding. Decontamination and prompt dedup are the stage's first, declared step
+(`run_dataset_steps`): they look at all prompts at once, and each shard receives their reason per sample in its
+declared `dataset_reject` column. The shards are a `VerifyStage` that an executor can ship
+(`--executor ray|slurm`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -45,11 +46,18 @@ from pipeline.filters.decontaminate import NgramIndex
 from pipeline.recipe import RunContext
 from pipeline.rows import prompt_of
 from pipeline.stages import Stage, input_ref, input_table
+from pipeline.stages.verify_config import (  # noqa: F401  (re-exported: verify.VerifyConfig, ...)
+    VERIFIERS,
+    CodeOptions,
+    CriticOptions,
+    DecontaminateConfig,
+    DedupConfig,
+    VerifyConfig,
+)
 from pipeline.verifiers import Verdict, build_verifier
 
 STAGE = "verify"
 VERSION = "2"  # bump when the code changes what this stage writes (2: reward_hack reasons)
-VERIFIERS = ("math", "code", "regex", "json_schema", "label", "critic")
 VERDICT_FIELDS = [
     ("passed", pa.bool_()),
     ("score", pa.float64()),
@@ -58,106 +66,6 @@ VERDICT_FIELDS = [
     ("teacher_pass_rate", pa.float64()),
     ("teacher_pass_rate_by_teacher", pa.string()),
 ]
-
-
-@dataclass
-class DedupConfig:
-    exact: bool = field(default=True, metadata={"help": "drop exact duplicates (normalized text)"})
-    minhash_threshold: float | None = field(
-        default=0.85, metadata={"help": "Jaccard threshold for near-duplicates (MinHash LSH); null disables"}
-    )
-    over: Literal["completion", "prompt", "both"] = field(
-        default="completion",
-        metadata={
-            "help": "completion: among the samples of one prompt; prompt: near-duplicate prompts across the "
-            "dataset (all their samples go); both: the two"
-        },
-    )
-    num_perm: int = field(default=128, metadata={"help": "MinHash permutations"})
-    shingle: int = field(default=3, metadata={"help": "words per shingle"})
-
-    def validate(self, path: str) -> None:
-        if self.minhash_threshold is not None and not 0 < self.minhash_threshold <= 1:
-            raise UserError(f"{path}.minhash_threshold must be in (0, 1], or null to disable")
-
-
-@dataclass
-class DecontaminateConfig:
-    against: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "evaluation sets: humaneval, validation or test (the run's source, that split), "
-            "or a .jsonl/.parquet file or dataset folder with a prompt column"
-        },
-    )
-    ngram: int = field(default=13, metadata={"help": "words per n-gram"})
-    min_words: int = field(
-        default=8, metadata={"help": "evaluation texts shorter than ngram count whole from this many words"}
-    )
-    over: Literal["prompt", "completion", "both"] = field(
-        default="both", metadata={"help": "which text of a row is checked"}
-    )
-
-
-@dataclass
-class CriticOptions:
-    threshold: float = field(
-        default=7.0, metadata={"help": "pass when the judge's 1-10 score is at least this"}
-    )
-    max_tokens: int = field(default=256, metadata={"help": "most tokens of a judgement"})
-    use_reference: bool = field(default=True, metadata={"help": "show the judge the reference answer"})
-
-
-@dataclass
-class CodeOptions:
-    timeout_s: float = field(default=10.0, metadata={"help": "wall-clock seconds per program"})
-    memory_mb: int = field(default=1024, metadata={"help": "address-space limit per program"})
-    workers: int | None = field(default=None, metadata={"help": "programs in parallel (default: cores)"})
-    backend: Literal["bwrap", "namespaces"] | None = field(
-        default=None,
-        metadata={
-            "help": "sandbox: bwrap (rootless) or namespaces (root only); default: the first that works"
-        },
-    )
-
-
-@dataclass
-class VerifyConfig:
-    verifiers: list[str] = field(
-        default_factory=lambda: ["math"],
-        metadata={"help": "verifiers in order: math, code, regex, json_schema, label, critic"},
-    )
-    dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "duplicate removal"})
-    decontaminate: DecontaminateConfig = field(
-        default_factory=DecontaminateConfig, metadata={"help": "n-gram decontamination"}
-    )
-    select: Literal["all", "best_of_n", "first_pass"] = field(
-        default="all",
-        metadata={
-            "help": "keep all passing samples, the best-scored one per prompt, or the first that passes"
-        },
-    )
-    critic: CriticOptions = field(
-        default_factory=CriticOptions, metadata={"help": "critic (LLM judge) options"}
-    )
-    code: CodeOptions = field(default_factory=CodeOptions, metadata={"help": "code sandbox options"})
-    regex: dict[str, Any] = field(default_factory=dict, metadata={"help": "regex options: pattern, mode"})
-    json_schema: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "json_schema options: schema"}
-    )
-    label: dict[str, Any] = field(default_factory=dict, metadata={"help": "label options: labels"})
-    shard_size: int = field(default=500, metadata={"help": "prompts per shard (the unit of resume)"})
-
-    def validate(self, path: str) -> None:
-        for name in self.verifiers:
-            if name not in VERIFIERS:
-                raise UserError(
-                    f"{path}.verifiers: unknown verifier '{name}'; use some of {', '.join(VERIFIERS)}"
-                )
-        if not self.verifiers and self.select != "all":
-            raise UserError(f"{path}.select: {self.select} needs at least one verifier in {path}.verifiers")
-        if self.shard_size < 1:
-            raise UserError(f"{path}.shard_size must be at least 1")
 
 
 Config = VerifyConfig  # the name the recipe loader and the CLI look for
@@ -261,13 +169,7 @@ def run(
     if done is not None:
         return done
 
-    # Whole-dataset steps first (decontamination, near-duplicate prompts): they need every prompt at once.
-    # Their reasons travel to the shards in `_pre`.
-    pre = steps.Batch(table.select(_present(table, ["id", "prompt", "messages", "completion"])).to_pylist())
-    steps.apply(dataset_steps(config, context), pre)
-    table = table.append_column("_pre", pa.array(pre.reject, pa.string()))
-
-    by_prompt = group_by_prompt(table)
+    by_prompt = group_by_prompt(table, run_dataset_steps(dataset_steps(config, context), table))
     n_shards = num_shards or store.default_num_shards(by_prompt.num_rows, config.shard_size)
     stage = VerifyStage(config, critic_model, engines=engines)
     return stage.run_shards(
@@ -281,10 +183,21 @@ def run(
     )
 
 
-def group_by_prompt(table: pa.Table) -> pa.Table:
-    """One row per prompt (in order of first appearance; generate writes teacher-major): its `id` and its
-    `samples`, a list of the input's rows. Shards then hold whole prompts, so selection, dedup among a
-    prompt's samples and pass rates never depend on the sharding, and the store can shard and ship it."""
+def run_dataset_steps(dataset: list, table: pa.Table) -> list[str | None]:
+    """The first, declared step of the stage: the filter steps that need every prompt at once
+    (`dataset_steps`: decontamination, near-duplicate prompts). Returns each input row's reason, or None for
+    a row they keep; the shards receive it as the `dataset_reject` column and reject those rows first."""
+    batch = steps.Batch(table.select(_present(table, ["id", "prompt", "messages", "completion"])).to_pylist())
+    steps.apply(dataset, batch)
+    return batch.reject
+
+
+def group_by_prompt(table: pa.Table, dataset_reject: list[str | None] | None = None) -> pa.Table:
+    """One row per prompt (in order of first appearance; generate writes teacher-major): its `id`, its
+    `samples` (a list of the input's rows) and `dataset_reject` (the dataset steps' reason per sample, or
+    null). Shards then hold whole prompts, so selection, dedup among a prompt's samples and pass rates never
+    depend on the sharding, and the store can shard and ship it."""
+    dataset_reject = dataset_reject or [None] * table.num_rows
     ids = table.column("id").to_pylist()
     order: dict[str, list[int]] = {}
     for i, rid in enumerate(ids):
@@ -296,10 +209,12 @@ def group_by_prompt(table: pa.Table) -> pa.Table:
     samples = pa.StructArray.from_arrays(
         [c.combine_chunks() for c in grouped.columns], names=grouped.column_names
     )
+    reasons = pa.array([dataset_reject[i] for rows in order.values() for i in rows], pa.string())
     return pa.table(
         {
             "id": pa.array(list(order), pa.string()),
             "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), samples),
+            "dataset_reject": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), reasons),
         }
     )
 
@@ -318,7 +233,9 @@ class VerifyStage(Stage):
     name = STAGE
     version = VERSION
     requires = ("id", "completion")  # of the input; its rows are then grouped by prompt:
-    reads = ("id", "samples")  # samples: the generate rows of each prompt
+    # samples: the generate rows of each prompt; dataset_reject: the reason `run_dataset_steps` gave each
+    # sample (decontamination, prompt dedup over the whole dataset), or null
+    reads = ("id", "samples", "dataset_reject")
     writes = tuple(name for name, _ in VERDICT_FIELDS)
 
     def __init__(self, config: VerifyConfig, critic=None, engines: dict | None = None) -> None:
@@ -353,7 +270,8 @@ class VerifyStage(Stage):
     def work(self, shard: pa.Table, index: int) -> store.ShardOutput:
         part = ungroup(shard)
         verifiers = self._verifiers()
-        out = _verify_shard(part, shard_steps(self.config, verifiers), bool(self.config.verifiers))
+        before = shard.column("dataset_reject").combine_chunks().flatten().to_pylist()
+        out = _verify_shard(part, before, shard_steps(self.config, verifiers), bool(self.config.verifiers))
         for v in verifiers:  # which sandbox judged the code: it depends on the machine, not the config
             if hasattr(v, "sandbox"):
                 out.stats.setdefault("code_sandbox", {})[v.sandbox.backend] = 1
@@ -417,8 +335,9 @@ def shard_steps(config: VerifyConfig, verifiers: list) -> list:
     return out
 
 
-def _verify_shard(part: pa.Table, shard: list, verified: bool) -> store.ShardOutput:
-    """Run the shard's steps; write verdicts and pass rates on every row, and split accepted / rejected."""
+def _verify_shard(part: pa.Table, pre: list[str | None], shard: list, verified: bool) -> store.ShardOutput:
+    """Run the shard's steps on the rows the dataset steps kept (``pre``: their reason per row, or None);
+    write verdicts and pass rates on every row, and split accepted / rejected."""
     columns = [
         "id",
         "prompt",
@@ -430,7 +349,6 @@ def _verify_shard(part: pa.Table, shard: list, verified: bool) -> store.ShardOut
         "sample_index",
         "task",
     ]
-    pre = part.column("_pre").to_pylist()
     batch = steps.Batch(
         part.select(_present(part, columns)).to_pylist(),
         reject=list(pre),
@@ -443,7 +361,7 @@ def _verify_shard(part: pa.Table, shard: list, verified: bool) -> store.ShardOut
     rates, rates_by_teacher = _pass_rates(batch)
 
     n, verdicts, reject = len(batch.rows), batch.verdicts, batch.reject
-    out = part.drop_columns(["_pre"])
+    out = part
     new = {
         "passed": pa.array([v.passed for v in verdicts], pa.bool_()),
         "score": pa.array([v.score for v in verdicts], pa.float64()),
