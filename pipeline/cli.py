@@ -176,6 +176,9 @@ def cmd_eval(args) -> int:
         phrasing=args.phrasing,
         system_template=args.system_template,
         shots_template=args.shots_template,
+        difficulty={
+            k: v for k in ("ops", "digits", "operators", "mul_digits") if (v := getattr(args, k)) is not None
+        },
     )
     shown = result if args.json else {k: v for k, v in result.items() if k != "rows"}
     if args.output:
@@ -304,6 +307,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--phrasing",
         choices=["train", "heldout", "wide"],
         help="arithmetic: one wording family (default on validation/test: both held-out families, heldout and wide)",
+    )
+    p.add_argument("--ops", type=int, help="arithmetic: operations per problem (default 1)")
+    p.add_argument("--digits", type=int, help="arithmetic: digits per operand (default 1)")
+    p.add_argument("--operators", help="arithmetic: operators to draw from, a subset of '+-*'")
+    p.add_argument(
+        "--mul-digits", type=int, help="arithmetic: digits of a factor after '*' (default: --digits)"
     )
     p.add_argument("--system-template", help="system prompt under prompts/ before each question (a teacher)")
     p.add_argument(

@@ -71,19 +71,28 @@ def check(task: str, rows: list[dict], verifier: str | None = None) -> list[bool
     return out
 
 
-def task_rows(task: str, split: str, limit: int | None, seed: int, phrasing: str | None = None) -> list[dict]:
+def task_rows(
+    task: str, split: str, limit: int | None, seed: int, phrasing: str | None = None, **difficulty
+) -> list[dict]:
     """A built-in task's evaluation rows. Arithmetic's validation and test splits hold two held-out wording
-    families (``heldout`` and the wider ``wide``); without ``phrasing`` both are drawn, ``limit`` each."""
+    families (``heldout`` and the wider ``wide``); without ``phrasing`` both are drawn, ``limit`` each.
+    ``difficulty``: arithmetic's ``ops``, ``digits``, ``operators``, ``mul_digits`` (pipeline/tasks)."""
     from pipeline.tasks import load_task
 
+    if difficulty and task != "arithmetic":
+        raise UserError(
+            f"--{next(iter(difficulty)).replace('_', '-')} is an arithmetic setting; drop it for {task}"
+        )
     if task == "arithmetic" and split != "train" and phrasing is None:
         from pipeline.tasks.arithmetic import HELDOUT_FAMILIES
 
         return [
-            r for f in HELDOUT_FAMILIES for r in load_task(task, split=split, n=limit, seed=seed, phrasing=f)
+            r
+            for f in HELDOUT_FAMILIES
+            for r in load_task(task, split=split, n=limit, seed=seed, phrasing=f, **difficulty)
         ]
     options = {"phrasing": phrasing} if phrasing else {}
-    return load_task(task, split=split, n=limit, seed=seed, **options)
+    return load_task(task, split=split, n=limit, seed=seed, **options, **difficulty)
 
 
 def _phrasing_of(row: dict) -> str | None:
@@ -144,6 +153,7 @@ def evaluate(
     phrasing: str | None = None,
     system_template: str | None = None,
     shots_template: str | None = None,
+    difficulty: dict | None = None,
 ) -> dict:
     """Generate ``n`` answers per problem, verify them, and report pass@1 (and pass@n when n > 1).
 
@@ -151,12 +161,13 @@ def evaluate(
     reuses an already-built engine (then ``model``/``adapter``/``engine`` are only recorded).
     Greedy when n == 1, else sampled at ``temperature`` (default 0.7). Arithmetic's held-out splits are
     scored on both held-out wording families (``limit`` problems each) unless ``phrasing`` names one; the
-    result then gives ``by_phrasing`` beside the overall ``pass@1``.
+    result then gives ``by_phrasing`` beside the overall ``pass@1``. ``difficulty`` sets arithmetic's
+    ``ops``/``digits``/``operators``/``mul_digits`` (the harder setting: ops 2, digits 2, mul_digits 1).
     """
     if n < 1:
         raise UserError(f"--samples must be >= 1, got {n}")
     if rows is None:
-        rows = task_rows(task, split, limit, seed, phrasing)
+        rows = task_rows(task, split, limit, seed, phrasing, **(difficulty or {}))
     elif limit is not None:
         rows = rows[:limit]
     if not rows:
@@ -211,6 +222,7 @@ def evaluate(
         "samples_per_problem": n,
         "temperature": temp,
         "prompted_with": [t for t in (system_template, shots_template) if t],
+        **({"difficulty": difficulty} if difficulty else {}),
         "pass@1": round(sum(c / n for c in correct) / len(rows), 4),
         "undecided": sum(1 for p in passed if p is None),
         "errors": sum(1 for res in results if res.error),

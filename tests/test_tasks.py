@@ -13,7 +13,7 @@ from pipeline.recipe import RunContext
 from pipeline.stages import prompts
 from pipeline.store import load_table
 from pipeline.tasks import SourceConfig, load_source, load_task
-from pipeline.tasks.arithmetic import _evaluate_left_to_right
+from pipeline.tasks.arithmetic import _evaluate_left_to_right, _told_as_story
 
 
 def test_arithmetic_is_seeded_exact_and_splits_are_disjoint():
@@ -46,6 +46,83 @@ def test_arithmetic_difficulty_knobs():
         load_task("arithmetic", "train", n=5, operators="/")
     with pytest.raises(UserError, match="lower n"):
         load_task("arithmetic", "test", n=100000)
+
+
+def _numbers(expression: str) -> list[int]:
+    return [int(t) for t in expression.replace("(", " ").replace(")", " ").split() if t.lstrip("-").isdigit()]
+
+
+@pytest.mark.parametrize("phrasing", ["train", "heldout", "wide"])
+def test_two_operation_word_problems_are_told_left_to_right(phrasing):
+    """The harder setting: two operations, two-digit operands, one-digit factors. Half the variants are word
+    problems (one story per operator pair and wording family), told only when both steps stay non-negative;
+    every story names its three numbers, and every reference is the left-to-right value."""
+    split = "train" if phrasing == "train" else "test"
+    rows = load_task("arithmetic", split, n=400, ops=2, digits=2, mul_digits=1, phrasing=phrasing)
+    stories, pairs = 0, set()
+    for row in rows:
+        meta = json.loads(row["meta"])
+        numbers, ops = _numbers(meta["expression"]), [t for t in meta["expression"].split() if t in "+-*"]
+        assert row["reference"] == str(_evaluate_left_to_right(numbers, ops))
+        for i, op in enumerate(ops):  # a factor after '*' has one digit, every other operand two
+            assert (1 <= numbers[i + 1] <= 9) if op == "*" else (10 <= numbers[i + 1] <= 99)
+        assert 10 <= numbers[0] <= 99 and meta["mul_digits"] == 1
+        expression_form = (
+            meta["expression"].replace("*", "×") in row["prompt"] or meta["expression"] in row["prompt"]
+        )
+        if not expression_form:
+            stories += 1
+            pairs.add("".join(ops))
+            assert all(str(x) in row["prompt"] for x in numbers), row["prompt"]
+            first = _evaluate_left_to_right(numbers[:2], ops[:1])
+            assert first >= 0 and int(row["reference"]) >= 0, row["prompt"]
+    assert not _told_as_story([10, 20, 5], ["-", "+"], 0, phrasing)  # 10 - 20 < 0: no story
+    assert _told_as_story([20, 10, 5], ["-", "+"], 1, phrasing) == (phrasing != "wide")
+    assert stories >= len(rows) // 5 and pairs == {a + b for a in "+-*" for b in "+-*"}
+
+
+def test_one_operation_questions_and_fingerprints_are_unchanged_by_the_harder_setting():
+    """Adding two-operation stories and `mul_digits` must not move a single one-operation question (the
+    quickstart's data and every run's fingerprint stand on them): golden hashes from before the change."""
+    import hashlib
+
+    from pipeline.stages.prompts import source_identity, source_templates
+
+    golden = {
+        ("train", None, 300): "ac5b7a2295f6c5c0",
+        ("test", None, 100): "d168941d17fd833c",
+        ("test", "wide", 100): "cae1fed95ec75672",
+        ("validation", None, 100): "63059298416f9055",
+    }
+    for (split, phrasing, n), digest in golden.items():
+        rows = load_task("arithmetic", split, n=n, **({"phrasing": phrasing} if phrasing else {}))
+        assert hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16] == digest
+    source = SourceConfig(task="arithmetic", n=240)
+    assert "mul_digits" not in source_identity(source) and "mul_digits" in source_identity(
+        SourceConfig(task="arithmetic", n=240, ops=2, digits=2, mul_digits=1)
+    )
+    assert not any("story2" in t for t in source_templates(source))
+    assert any("story2" in t for t in source_templates(SourceConfig(task="arithmetic", ops=2, digits=2)))
+    with pytest.raises(UserError, match="mul_digits"):
+        load_task("arithmetic", "train", n=5, digits=1, mul_digits=2)
+
+
+def test_regeneration_of_a_harder_failure_keeps_its_shape():
+    """similar() and variants() of a two-operation, one-digit-factor problem keep the factor at one digit."""
+    import random
+
+    from pipeline.tasks.arithmetic import similar, variants
+
+    failed = next(
+        r for r in load_task("arithmetic", "test", n=50, ops=2, digits=2, mul_digits=1) if "*" in r["prompt"]
+    )
+    meta = json.loads(failed["meta"])
+    for row in similar(meta, 20, random.Random(0)) + variants(meta, 20, random.Random(0)):
+        m = json.loads(row["meta"])
+        numbers, ops = _numbers(m["expression"]), [t for t in m["expression"].split() if t in "+-*"]
+        assert ops == [t for t in meta["expression"].split() if t in "+-*"]
+        assert all(1 <= numbers[i + 1] <= 9 for i, op in enumerate(ops) if op == "*")
+        assert row["reference"] == str(_evaluate_left_to_right(numbers, ops))
 
 
 def test_heldout_phrasing_differs_from_training_phrasing():

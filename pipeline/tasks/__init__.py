@@ -75,6 +75,12 @@ class SourceConfig:
     operators: str = field(
         default="+-*", metadata={"help": "arithmetic: operators to draw from, a subset of '+-*'"}
     )
+    mul_digits: int | None = field(
+        default=None,
+        metadata={
+            "help": "arithmetic: digits of a factor after '*' (default: digits), e.g. 2-digit * 1-digit"
+        },
+    )
     phrasing: str | None = field(
         default=None,
         metadata={
@@ -147,6 +153,7 @@ def load_source(config: SourceConfig) -> list[dict]:
             digits=config.digits,
             operators=config.operators,
             phrasing=config.phrasing,
+            mul_digits=config.mul_digits,
         )
     if config.task == "capitals":
         from pipeline.tasks.capitals import load

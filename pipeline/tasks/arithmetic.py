@@ -1,6 +1,9 @@
 """Seeded arithmetic word problems with exact answers, at controllable difficulty.
 
-Difficulty: `ops` operations per problem, `digits` digits per operand, operators from `+-*`.
+Difficulty: `ops` operations per problem, `digits` digits per operand (`mul_digits` for a factor after a
+``*``, so that 47 * 6 can be asked without 47 * 63), operators from `+-*`. Two-operation
+problems are also told as word problems (prompts/tasks/arithmetic_story2_{train,heldout,wide}.jinja), read
+left to right as the expression is: ``(a + b) * c`` is "a boys and b girls each bring c pencils".
 Splits are disjoint by construction: each candidate question is assigned to train / validation / test by a
 hash of its text (80/10/10), so a question never appears in two splits whatever `n` and `seed` are.
 The wording comes from prompts/tasks/arithmetic_{train,heldout,wide}.jinja; validation and test use the
@@ -59,9 +62,12 @@ def generate(
     digits: int = 1,
     operators: str = "+-*",
     phrasing: str | None = None,
+    mul_digits: int | None = None,
 ) -> list[dict]:
     if not 1 <= ops <= 4 or not 1 <= digits <= 4:
         raise UserError("arithmetic: ops and digits must each be between 1 and 4")
+    if mul_digits is not None and not 1 <= mul_digits <= digits:
+        raise UserError(f"arithmetic: mul_digits must be between 1 and digits ({digits}), or unset")
     if not operators or set(operators) - set("+-*"):
         raise UserError(f"arithmetic: operators '{operators}' must be a non-empty subset of '+-*'")
     if split not in ("train", "validation", "test"):
@@ -69,23 +75,48 @@ def generate(
     phrasing = phrasing or ("train" if split == "train" else "heldout")
     if phrasing not in PHRASINGS:
         raise UserError(f"arithmetic: phrasing '{phrasing}' must be one of {', '.join(PHRASINGS)}")
-    rng = random.Random(f"arithmetic:{seed}:{ops}:{digits}:{operators}")
-    return _draw(n, rng, split, phrasing, digits, lambda: [rng.choice(operators) for _ in range(ops)])
+    rng = random.Random(
+        f"arithmetic:{seed}:{ops}:{digits}:{operators}" + (f":{mul_digits}" if mul_digits else "")
+    )
+    draw_ops = lambda: [rng.choice(operators) for _ in range(ops)]  # noqa: E731
+    return _draw(n, rng, split, phrasing, digits, draw_ops, mul_digits=mul_digits)
 
 
 def similar(meta: dict, k: int, rng: random.Random) -> list[dict]:
     """k new training problems with the structure of `meta`'s problem: same operators in the same order,
     same number of digits, new numbers, training wording. Used to regenerate data aimed at failures."""
     op_list = [t for t in meta["expression"].split() if t in ("+", "-", "*")]
-    return _draw(k, rng, "train", "train", int(meta.get("digits", 1)), lambda: list(op_list), max_misses=2000)
+    digits, mul_digits = int(meta.get("digits", 1)), meta.get("mul_digits")
+    return _draw(
+        k, rng, "train", "train", digits, lambda: list(op_list), max_misses=2000, mul_digits=mul_digits
+    )
+
+
+def _told_as_story(terms: list[int], op_list: list[str], variant: int, phrasing: str) -> bool:
+    """Whether a two-operation problem is a word problem (prompts/tasks/arithmetic_story2_*.jinja): half of
+    the variants, when both steps, read left to right, stay non-negative (a story cannot lose more apples
+    than there are). One-operation stories live in the main templates, as before."""
+    if len(op_list) != 2:
+        return False
+    picked = variant % 6 in (0, 2, 4) if phrasing == "wide" else variant % 4 in (0, 1)
+    first = _evaluate_left_to_right(terms[:2], op_list[:1])
+    return picked and first >= 0 and _evaluate_left_to_right(terms, op_list) >= 0
 
 
 def _row(
-    terms: list[int], op_list: list[str], variant: int, name: str, split: str, phrasing: str, digits: int
+    terms: list[int],
+    op_list: list[str],
+    variant: int,
+    name: str,
+    split: str,
+    phrasing: str,
+    digits: int,
+    mul_digits: int | None = None,
 ):
     expression = _expression(terms, op_list)
+    story = _told_as_story(terms, op_list, variant, phrasing)
     question = templates.render(
-        f"tasks/arithmetic_{phrasing}.jinja",
+        f"tasks/arithmetic_{'story2_' if story else ''}{phrasing}.jinja",
         expression=expression,
         terms=terms,
         ops=op_list,
@@ -98,6 +129,7 @@ def _row(
         "ops": len(op_list),
         "digits": digits,
         "phrasing": phrasing,
+        **({"mul_digits": mul_digits} if mul_digits else {}),
     }
     return {
         "id": prompt_id("arithmetic", question),
@@ -116,8 +148,8 @@ def variants(meta: dict, k: int, rng: random.Random) -> list[dict]:
     tokens = meta["expression"].replace("(", " ").replace(")", " ").split()
     terms = [int(t) for t in tokens if t.lstrip("-").isdigit()]
     op_list = [t for t in tokens if t in ("+", "-", "*")]
-    digits = int(meta.get("digits", 1))
-    lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    digits, mul_digits = int(meta.get("digits", 1)), meta.get("mul_digits")
+    bounds = _term_bounds(op_list, digits, mul_digits)
     same = [terms]
     if len(op_list) == 1 and op_list[0] in "+*":
         same.append(terms[::-1])
@@ -126,7 +158,9 @@ def variants(meta: dict, k: int, rng: random.Random) -> list[dict]:
         for d in (-1, 1):
             t = list(terms)
             t[i] += d
-            if lo <= t[i] <= hi and not (len(op_list) == 1 and op_list[0] == "-" and t[0] < t[1]):
+            if bounds[i][0] <= t[i] <= bounds[i][1] and not (
+                len(op_list) == 1 and op_list[0] == "-" and t[0] < t[1]
+            ):
                 near.append(t)
     rng.shuffle(near)
     out, seen = [], set()
@@ -134,7 +168,8 @@ def variants(meta: dict, k: int, rng: random.Random) -> list[dict]:
         candidates = [(t, v) for t in group for v in range(4)]
         rng.shuffle(candidates)
         for t, v in candidates:
-            row = _row(t, op_list, v + 4 * rng.randrange(250), rng.choice(NAMES), "train", "train", digits)
+            variant, name = v + 4 * rng.randrange(250), rng.choice(NAMES)
+            row = _row(t, op_list, variant, name, "train", "train", digits, mul_digits)
             if row["prompt"] not in seen and split_of(row["prompt"]) == "train":
                 seen.add(row["prompt"])
                 out.append(row)
@@ -143,9 +178,17 @@ def variants(meta: dict, k: int, rng: random.Random) -> list[dict]:
     return out
 
 
-def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) -> list[dict]:
+def _term_bounds(op_list: list[str], digits: int, mul_digits: int | None) -> list[tuple[int, int]]:
+    """Smallest and largest value of each operand: `digits` digits, or `mul_digits` for a factor after '*'."""
+    out = []
+    for i in range(len(op_list) + 1):
+        d = mul_digits if mul_digits and i > 0 and op_list[i - 1] == "*" else digits
+        out.append((1 if d == 1 else 10 ** (d - 1), 10**d - 1))
+    return out
+
+
+def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000, mul_digits=None) -> list[dict]:
     """Draw n distinct questions of `split` (a question's split is a hash of its text)."""
-    lo, hi = (1 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     rows, seen = [], set()
     misses = 0  # consecutive draws that gave nothing new: the split's question space is exhausted
     while len(rows) < n:
@@ -159,10 +202,12 @@ def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) ->
                 "lower n or raise digits/ops"
             )
         op_list = draw_ops()
-        terms = [rng.randint(lo, hi) for _ in range(len(op_list) + 1)]
+        terms = [rng.randint(lo, hi) for lo, hi in _term_bounds(op_list, digits, mul_digits)]
         if len(op_list) == 1 and op_list[0] == "-" and terms[0] < terms[1]:
             terms.reverse()  # keep one-step subtraction word problems non-negative
-        row = _row(terms, op_list, rng.randrange(1000), rng.choice(NAMES), split, phrasing, digits)
+        row = _row(
+            terms, op_list, rng.randrange(1000), rng.choice(NAMES), split, phrasing, digits, mul_digits
+        )
         if row["prompt"] in seen or split_of(row["prompt"]) != split:
             continue
         seen.add(row["prompt"])
@@ -171,8 +216,10 @@ def _draw(n, rng, split, phrasing, digits, draw_ops, max_misses: int = 20000) ->
     return rows
 
 
-def template_names(phrasing: str | None = None) -> list[str]:
+def template_names(phrasing: str | None = None, ops: int = 1) -> list[str]:
     """The templates a source hashes into its fingerprint: train and heldout always (as before the wide
-    family existed, so old fingerprints hold), wide when the source draws it."""
+    family existed, so old fingerprints hold), wide when the source draws it, and the two-operation word
+    problems' templates only for two-operation sources (one-operation fingerprints are unchanged)."""
     names = ["train", "heldout"] + (["wide"] if phrasing == "wide" else [])
-    return [f"tasks/arithmetic_{p}.jinja" for p in names]
+    stories = [f"story2_{p}" for p in names] if ops == 2 else []
+    return [f"tasks/arithmetic_{p}.jinja" for p in names + stories]
