@@ -199,3 +199,80 @@ def test_gold_and_uld_config_mistakes_name_the_fix(export_dir, tmp_path):
         load_job("uld", _config(tmp_path, "uld", export_dir, lmbda=0.5))
     with pytest.raises(UserError, match="another tokenizer than.*teacher_tokenizer_name_or_path"):
         load_job("uld", _config(tmp_path, "uld", export_dir, teacher_tokenizer_name_or_path=STUDENT))
+
+
+def _pad_right(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(map(len, sequences))
+    ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    return ids, mask
+
+
+def test_vllm_teacher_scores_as_an_hf_forward_would(vllm_engine, model_path):
+    """`teacher_scoring: vllm`: the session's vLLM engine (SmolLM2) scores two token sequences, one of them
+    right-padded. At every real position its top-5 next-token ids and log-probabilities are those of an HF
+    forward of the same model; a padded position gets a uniform distribution."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.train.teacher_scoring import VLLMScoredTeacher
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    sequences = [
+        tok(t, add_special_tokens=False)["input_ids"]
+        for t in ("What is 2 + 3? 2 + 3 = 5, so the answer is 5.", "Paris is the capital of")
+    ]
+    input_ids, mask = _pad_right(sequences, tok.pad_token_id or 0)
+    hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    teacher = VLLMScoredTeacher(vllm_engine, hf.config.vocab_size, top_k=5)
+    scored = teacher(input_ids=input_ids, attention_mask=mask).logits
+    assert scored.shape == (2, input_ids.shape[1], hf.config.vocab_size)
+    for b, seq in enumerate(sequences):
+        with torch.no_grad():
+            reference = hf(torch.tensor([seq])).logits[0].log_softmax(-1)
+        for i in range(len(seq)):
+            top = reference[i].topk(5)
+            assert int(scored[b, i].argmax()) == int(top.indices[0]), (b, i)
+            assert torch.allclose(scored[b, i, top.indices], top.values, atol=0.02), (b, i)
+    padded = scored[1, len(sequences[1]) :]
+    assert padded.numel() and float(padded.max() - padded.min()) < 1e-5
+
+
+def test_gold_step_with_vllm_scoring_trains_on_the_engines_scores(vllm_engine, export_dir, tmp_path):
+    """A gold step whose teacher (SmolLM2, the same tokenizer: GKD's JSD path) scores the student's own
+    samples through vLLM instead of an HF forward: the manifest counts the tokens vLLM scored, and the
+    LoRA weights move."""
+    from datasets import load_from_disk
+
+    from pipeline.train import load_model_and_tokenizer
+    from pipeline.train.gold import build_trainer
+
+    cfg = _config(
+        tmp_path,
+        "gold-vllm",
+        export_dir,
+        teacher_model_name_or_path=STUDENT,
+        teacher_scoring="vllm",
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        lmbda=1.0,
+        max_completion_length=8,
+    )
+    job = load_job("gold", cfg)
+    assert job.teacher_scoring == "vllm" and job.args.use_uld_loss is False
+    _, model, tokenizer = load_model_and_tokenizer(job.model, use_cpu=True)
+    trainer = build_trainer(
+        job, model, tokenizer, load_from_disk(str(job.dataset_dir)), teacher_engine=vllm_engine
+    )
+    trainer.train()
+    scoring = trainer.extra_manifest["teacher_scoring"]
+    assert scoring["engine"] == "vllm" and scoring["tokens"] > 0 and scoring["tokens_per_s"] > 0
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero and must have moved"
+
+
+def test_teacher_scoring_is_refused_outside_gold(export_dir, tmp_path):
+    with pytest.raises(UserError, match="only with `distill train gold`"):
+        load_job("sft", _config(tmp_path, "sft-vllm", export_dir, teacher_scoring="vllm"))

@@ -151,6 +151,33 @@ class VLLMEngine:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def prompt_topk(
+        self, sequences: list[list[int]], k: int
+    ) -> list[tuple[list[list[int]], list[list[float]]]]:
+        """Teacher scoring: the model's top-k next-token log-probabilities (raw, before any temperature) at
+        every position of each token sequence, from one prefill each (vLLM's prompt logprobs; no sampling).
+        Entry ``i`` of a sequence predicts its token ``i + 1``; the last entry predicts the token after it."""
+        from vllm import SamplingParams, TokensPrompt
+
+        if self.lora_mode == "merge" and self._serving is not None:
+            self._serve(None)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=k, logprobs=k, detokenize=False
+        )
+        prompts = [TokensPrompt(prompt_token_ids=s) for s in sequences]
+        if self.lora_mode == "vllm":
+            # vLLM 0.32's LoRA logits path sizes its adapter index per request, not per prompt token: prompt
+            # logprobs of two requests in one step fail (einsum size mismatch) and kill the engine. One at a time.
+            outs = [o for p in prompts for o in self.llm.generate([p], params, use_tqdm=False)]
+        else:
+            outs = self.llm.generate(prompts, params, use_tqdm=False)
+        scored = []
+        for out in outs:
+            ids, lps = topk_from_logprobs(list(out.prompt_logprobs)[1:], k)
+            last_ids, last_lps = topk_from_logprobs(out.outputs[0].logprobs, k)
+            scored.append((ids + last_ids[:1], lps + last_lps[:1]))
+        return scored
+
     def generate(self, requests: list[GenRequest], progress: Progress | None = None) -> list[GenResult]:
         """Answer every request; results come back in request order. Never raises for one bad prompt."""
         if self.lora_mode != "merge" or not any(req.adapter for req in requests):

@@ -10,7 +10,9 @@ A training YAML holds the fields of the mode's TRL config class (``SFTConfig``, 
 - ``dataset``: an export stage folder (``runs/x/NN-export``), its ``data/<format>`` subfolder, or any folder
   written with ``datasets.save_to_disk``;
 - ``peft``: ``peft.LoraConfig`` fields; omit it (or set it to null) for full fine-tuning;
-- ``merge``: also save the adapter merged into a full model under ``<output_dir>/merged``.
+- ``merge``: also save the adapter merged into a full model under ``<output_dir>/merged``;
+- ``teacher_scoring`` (``gold`` only): ``hf`` (default, an HF forward of the teacher per batch) or ``vllm``
+  (a vLLM engine scores the student's tokens: top-k prompt logprobs, ``pipeline/train/teacher_scoring.py``).
 
 For ``gkd`` and ``gold`` the teacher is ``teacher_model_name_or_path``, given as a model spec; for ``uld`` the
 teacher's tokenizer is ``teacher_tokenizer_name_or_path`` (default: the ``teacher`` of the kd/ rows).
@@ -36,7 +38,7 @@ import yaml
 
 from pipeline.errors import UserError
 
-OUR_KEYS = ("model", "recipe", "run_dir", "dataset", "peft", "adapter", "merge")
+OUR_KEYS = ("model", "recipe", "run_dir", "dataset", "peft", "adapter", "merge", "teacher_scoring")
 MODES = ("sft", "dpo", "gkd", "kd", "gold", "uld")
 # The export subfolder each mode reads, and the columns it needs (any one of the alternatives).
 EXPORT_FORMAT = {"sft": "sft", "dpo": "dpo", "gkd": "sft", "kd": "kd", "gold": "sft", "uld": "kd"}
@@ -66,6 +68,7 @@ class TrainJob:
     merge: bool
     raw: dict  # the YAML after overrides, secrets redacted: goes into the manifest
     adapter: str | None = None  # a LoRA adapter folder to keep training (instead of a new one from `peft`)
+    teacher_scoring: str = "hf"  # gold: the teacher scores with an HF forward, or with vLLM (prompt logprobs)
 
 
 def config_class(mode: str):
@@ -133,6 +136,12 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
     peft_fields = raw.pop("peft", None)
     merge = raw.pop("merge", False)
     adapter = raw.pop("adapter", None)
+    teacher_scoring = raw.pop("teacher_scoring", "hf")
+    if teacher_scoring not in ("hf", "vllm") or (teacher_scoring == "vllm" and mode != "gold"):
+        raise UserError(
+            f"`teacher_scoring: {teacher_scoring}` is not valid for {mode}; use hf or vllm, and vllm only with "
+            "`distill train gold` (the on-policy mode whose teacher scores the student's tokens)"
+        )
     if adapter is not None and not (Path(str(adapter)) / "adapter_config.json").is_file():
         raise UserError(
             f"`adapter: {adapter}` has no adapter_config.json; pass a LoRA adapter folder to keep training"
@@ -188,7 +197,11 @@ def load_job(mode: str, config_path: str | Path | None, overrides: dict | None =
         shown["adapter"] = str(adapter)
     if recipe is not None:
         shown.update(recipe=str(recipe), run_dir=run_dir)
-    return TrainJob(mode, args, model, dataset_dir, peft_config, merge, redact(shown), adapter)
+    if teacher_scoring != "hf":
+        shown["teacher_scoring"] = teacher_scoring
+    return TrainJob(
+        mode, args, model, dataset_dir, peft_config, merge, redact(shown), adapter, teacher_scoring
+    )
 
 
 def _check_teacher(mode: str, args_fields: dict, raw: dict, model: str) -> None:

@@ -37,14 +37,36 @@ def _time_teacher(teacher, stats: dict) -> None:
     teacher.register_forward_hook(after, with_kwargs=True)
 
 
-def build_trainer(job, model, tokenizer, dataset):
+def _vllm_teacher(path: str, engine=None):
+    """The teacher as a vLLM engine behind GOLD's HF-style call (pipeline/train/teacher_scoring.py)."""
+    from transformers import AutoConfig
+
+    from pipeline.train.teacher_scoring import VLLMScoredTeacher
+
+    if engine is None:
+        from pipeline.engines.vllm import VLLMEngine
+        from pipeline.models import resolve
+
+        engine = VLLMEngine(resolve(path))
+    vocab = (
+        AutoConfig.from_pretrained(path).get_text_config().vocab_size
+    )  # the width of an HF forward's logits
+    return VLLMScoredTeacher(engine, vocab, name=path)
+
+
+def build_trainer(job, model, tokenizer, dataset, teacher_engine=None):
+    """``teacher_engine``: a ready ``VLLMEngine`` of the teacher for ``teacher_scoring: vllm`` (tests share
+    one); otherwise one is started here, and freed with the trainer's process."""
     from trl.experimental.gold import GOLDTrainer
 
     from pipeline.train import load_model_and_tokenizer
 
     args = job.args
-    _, teacher, _ = load_model_and_tokenizer(args.teacher_model_name_or_path, use_cpu=args.use_cpu)
-    scoring = {"tokens": 0, "seconds": 0.0, "tokens_per_s": None}
+    if job.teacher_scoring == "vllm":
+        teacher = _vllm_teacher(args.teacher_model_name_or_path, teacher_engine)
+    else:
+        _, teacher, _ = load_model_and_tokenizer(args.teacher_model_name_or_path, use_cpu=args.use_cpu)
+    scoring = {"engine": job.teacher_scoring, "tokens": 0, "seconds": 0.0, "tokens_per_s": None}
     _time_teacher(teacher, scoring)
     # GOLD's ChatML collator needs the raw `messages`; other columns would only confuse it.
     dataset = dataset.select_columns(["messages"])
