@@ -228,6 +228,13 @@ def report(out: Path, results: dict[str, list[dict]], refs: dict) -> str:
             dcap = [r["capitals"]["pass@1"] - base[r["seed"]]["capitals"]["pass@1"] for r in both]
             capitals_vs_a = f" ({mean_sd(dcap)} vs a)"
         train_s = [r["train_s"] for r in runs]
+        steps = f"{runs[0]['steps']} x {BATCH}"
+        if arm == "c" and both:  # (a)'s first S - M steps are (c)'s too: count their share of (a)'s time
+            full = base[both[0]["seed"]]["steps"]
+            steps = f"{full - ON_POLICY_STEPS} SFT + {runs[0]['steps']} GOLD, x {BATCH}"
+            train_s = [
+                r["train_s"] + base[r["seed"]]["train_s"] * (full - ON_POLICY_STEPS) / full for r in both
+            ]
         body.append(
             [
                 label,
@@ -237,21 +244,13 @@ def report(out: Path, results: dict[str, list[dict]], refs: dict) -> str:
                 mean_sd([r["test"]["by_phrasing"]["wide"]["pass@1"] for r in runs]),
                 mean_sd([r["capitals"]["pass@1"] for r in runs]) + capitals_vs_a,
                 vs_a or "-",
-                f"{runs[0]['steps']} x {BATCH}",
+                steps,
+                runs[0]["rows"],
                 f"{sum(train_s) / len(train_s):.0f}",
             ]
         )
-    header = [
-        "arm",
-        "seeds",
-        "test %",
-        "heldout %",
-        "wide %",
-        "capitals %",
-        "test vs (a), paired",
-        "steps x rows",
-        "train s (mean)",
-    ]
+    header = ["arm", "seeds", "test %", "heldout %", "wide %", "capitals %", "test vs (a), paired"]
+    header += ["optimizer steps x batch", "data rows", "train s (mean)"]
     notes = []
     for r in results.get("c", []):
         scoring = r["extra"].get("teacher_scoring", {})
