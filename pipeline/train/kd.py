@@ -207,20 +207,28 @@ def prepare_dataset(dataset, tokenizer, max_length: int | None):
         remove_columns=dataset.column_names,
         desc="kd: tokenize",
     )
+    return keep_aligned(
+        tokenized,
+        vocab,
+        none_aligned="no kd/ row's top-k logprobs line up with the student's tokenization of the completion: the "
+        "teacher probably uses a different tokenizer; use `distill train uld` (logit KD aligned across "
+        "tokenizers) instead",
+        fix="different tokenizers; use `distill train uld` (logit KD aligned across tokenizers) instead",
+    )
+
+
+def keep_aligned(tokenized, vocab: int, none_aligned: str, fix: str):
+    """The tokenized kd/ rows whose stored top-k lines up with their tokens, and how many were dropped;
+    refuses (one line each) when none does, or when a top-k id lies outside the ``vocab`` ids it indexes."""
     kept = tokenized.filter(lambda r: r["aligned"]).remove_columns("aligned")
-    dropped = len(tokenized) - len(kept)
     if len(kept) == 0:
-        raise UserError(
-            "no kd/ row's top-k logprobs line up with the student's tokenization of the completion: the teacher "
-            "probably uses a different tokenizer; use `distill train uld` (logit KD aligned across tokenizers) instead"
-        )
+        raise UserError(none_aligned)
     max_id = max(max(max(step) for step in r) for r in kept["topk_ids"] if r)
     if max_id >= vocab:
         raise UserError(
-            f"teacher top-k ids go up to {max_id} but the student's vocabulary has {vocab} tokens: different "
-            "tokenizers; use `distill train uld` (logit KD aligned across tokenizers) instead"
+            f"top-k ids go up to {max_id} but the vocabulary they index has {vocab} tokens: {fix}"
         )
-    return kept, dropped
+    return kept, len(tokenized) - len(kept)
 
 
 def build_trainer(job, model, tokenizer, dataset):

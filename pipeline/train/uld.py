@@ -31,6 +31,7 @@ from trl import SFTTrainer
 
 from pipeline.errors import UserError
 from pipeline.rows import messages_of
+from pipeline.train.kd import keep_aligned
 
 
 def _completion_text(completion) -> str:
@@ -229,20 +230,11 @@ def prepare_dataset(dataset, tokenizer, teacher_tokenizer, max_length: int | Non
         remove_columns=dataset.column_names,
         desc="uld: tokenize",
     )
-    kept = tokenized.filter(lambda r: r["aligned"]).remove_columns("aligned")
-    dropped = len(tokenized) - len(kept)
-    if len(kept) == 0:
-        raise UserError(
-            "no kd/ row's top-k logprobs line up with the teacher tokenizer's tokens of the answer; set "
-            "`teacher_tokenizer_name_or_path` to the teacher that generated them"
-        )
-    max_id = max(max(max(step) for step in r) for r in kept["topk_ids"] if r)
-    if max_id >= len(teacher_tokenizer):
-        raise UserError(
-            f"top-k ids go up to {max_id} but the teacher tokenizer has {len(teacher_tokenizer)} tokens; set "
-            "`teacher_tokenizer_name_or_path` to the teacher that generated them"
-        )
-    return kept, dropped
+    fix = "set `teacher_tokenizer_name_or_path` to the teacher that generated them"
+    none_aligned = (
+        f"no kd/ row's top-k logprobs line up with the teacher tokenizer's tokens of the answer; {fix}"
+    )
+    return keep_aligned(tokenized, len(teacher_tokenizer), none_aligned, fix)
 
 
 def build_trainer(job, model, tokenizer, dataset):
