@@ -43,6 +43,9 @@ ARMS = {
     "b": "(b) (a) + cross-tokenizer logit KD (ULD, top-20)",
     "c": f"(c) on-policy GOLD for the last {ON_POLICY_STEPS} steps, from (a)",
     "d": "(d) same-tokenizer logit KD from SmolLM2-135M (reference)",
+    # an ablation of (b): GOLD's hybrid loss compares the tokens both vocabularies share ("7", " =", ...)
+    # directly (JSD) and only the rest by sorted probabilities; plain ULD keeps no token identity at all
+    "e": "(b') as (b), hybrid ULD: shared tokens compared directly",
 }
 WORKED = {
     "system_template": "system/arithmetic_worked.jinja",
@@ -128,7 +131,8 @@ def run_arm(arm: str, seed: int, out: Path, qwen: Path, smol: Path, steps: int) 
             save_steps=steps - ON_POLICY_STEPS,
             save_only_model=True,
         )
-    elif arm == "b":
+    elif arm in ("b", "e"):
+        hybrid = {"uld_use_hybrid_loss": True} if arm == "e" else {}
         m = train(
             "uld",
             "uld",
@@ -139,6 +143,7 @@ def run_arm(arm: str, seed: int, out: Path, qwen: Path, smol: Path, steps: int) 
             learning_rate=2.0e-4,
             uld_crossentropy_weight=1.0,
             uld_distillation_weight=1.0,
+            **hybrid,
         )
     elif arm == "c":
         start = out / f"a-s{seed}" / "train" / f"checkpoint-{steps - ON_POLICY_STEPS}"
@@ -277,7 +282,9 @@ def main() -> None:
         help="a quickstart run whose prompts and rewrites are reused",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list("abcd"), help="(e) is an ablation"
+    )
     parser.add_argument("--report", action="store_true", help="print the table from finished arms and stop")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
