@@ -101,6 +101,7 @@ class Loop:
     best: dict | None = None
     bad: int = 0
     history: list[dict] = dataclasses.field(default_factory=list)
+    round_start: tuple[float, float] = (0.0, 0.0)  # the round's time.time() and engines.start_s then
 
     @property
     def val_dir(self) -> Path:
@@ -114,6 +115,7 @@ class Loop:
     def round(self, k: int) -> str | None:
         """Round k's steps in order; returns why the loop stops, or None to go on."""
         it, t_round = self.loop_dir / f"iter_{k}", time.perf_counter()
+        self.round_start = (time.time(), self.engines.start_s)
         train_rows = self.train_data(it, k)
         if train_rows == 0:
             return "the last round added no new verified rows"
@@ -352,8 +354,25 @@ class Loop:
     def finish(self, it: Path, metrics: dict, t_round: float) -> None:
         metrics["teacher_tokens"] = self.tokens_used
         metrics["round_s"] = round(time.perf_counter() - t_round, 1)
+        metrics["step_s"] = step_seconds(it, self.round_start[0])
+        metrics["engine_start_s"] = round(self.engines.start_s - self.round_start[1], 1)
         store.write_json_atomic(it / "metrics.json", metrics)
         self.history.append(metrics)
+
+
+def step_seconds(it: Path, started: float) -> dict[str, float]:
+    """Each finished step's seconds in round folder `it`: the time from the previous step's manifest (or the
+    round's start, `started`, a time.time()) to its own. Engine starts count in the step that needed them
+    (metrics' `engine_start_s` gives their total). A resumed round counts from the resume."""
+    done = sorted(
+        (path.stat().st_mtime, step)
+        for step in ROUND_STEPS
+        if (path := it / step / "manifest.json").exists() and path.stat().st_mtime >= started
+    )
+    seconds, last = {}, started
+    for mtime, step in done:
+        seconds[step], last = round(mtime - last, 1), mtime
+    return seconds
 
 
 def _training():
@@ -427,7 +446,9 @@ def run_loop(
     try:
         if loop.generator == "best":
             out, max_tokens = loop_dir / "teacher-validation.json", _answer_tokens(recipe, loop)
-            state.teacher_acc = engines.teacher_accuracy(state.val_dir, out, max_tokens)
+            gen = _stage_config(recipe, "generate")
+            templates = {"system_template": gen.system_template, "shots_template": gen.shots_template}
+            state.teacher_acc = engines.teacher_accuracy(state.val_dir, out, max_tokens, templates)
             log(f"[distill] loop: teacher validation accuracy {state.teacher_acc:.1%}")
         for k in range(loop.iterations):
             stop = state.round(k)

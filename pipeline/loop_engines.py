@@ -8,6 +8,7 @@ the teacher is the student's own base model.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from pipeline.recipe import LoopConfig, Recipe
@@ -23,6 +24,7 @@ class LoopEngines:
     def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int):
         self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
         self._student = self._teacher = None
+        self.start_s = 0.0  # seconds spent starting engines so far (a round's step table reports its share)
 
     def student(self, adapter: str | None = None):
         """The engine for the student's evaluation and mining (None: each stage loads its own hf model).
@@ -34,6 +36,7 @@ class LoopEngines:
             from pipeline.models import resolve
 
             mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
+            t0 = time.perf_counter()
             self._student = VLLMEngine(
                 resolve(self.student_model),
                 enable_lora=True,
@@ -41,6 +44,7 @@ class LoopEngines:
                 lora_mode=mode,
                 adapter=adapter,
             )
+            self.start_s += time.perf_counter() - t0
         return self._student
 
     def before_training(self) -> None:
@@ -67,14 +71,20 @@ class LoopEngines:
         if self._teacher is None:
             from pipeline.engines import load_teacher
 
+            t0 = time.perf_counter()
             self._teacher = load_teacher(self.recipe.teachers[0])
+            self.start_s += time.perf_counter() - t0
         return self._teacher
 
-    def teacher_accuracy(self, val_dir: Path, out: Path, max_tokens: int) -> float:
-        """The teacher's greedy validation accuracy, measured once (kept in `out`): the bar the student must
-        clear to generate (`generator: best`)."""
+    def teacher_accuracy(self, val_dir: Path, out: Path, max_tokens: int, templates: dict) -> float:
+        """The teacher's greedy validation accuracy, prompted as it generates the data (`templates`: the
+        generate stage's system_template and shots_template), measured once (kept in `out`): the bar the
+        student must clear to generate (`generator: best`). A teacher asked the bare question would set the
+        bar far too low (Qwen on arithmetic: 63% bare, 99% after worked examples)."""
         if out.exists():
-            return json.loads(out.read_text())["pass@1"]
+            kept = json.loads(out.read_text())
+            if kept.get("templates", {}) == templates:
+                return kept["pass@1"]
         from pipeline.evaluate import evaluate
         from pipeline.stages import input_table
         from pipeline.store import write_json_atomic
@@ -88,9 +98,10 @@ class LoopEngines:
             max_tokens=max_tokens,
             rows=rows,
             engine_obj=self.teacher() if self.shares_teacher() else None,
+            **templates,
         )
         result.pop("rows")
-        write_json_atomic(out, result)
+        write_json_atomic(out, {**result, "templates": templates})
         return result["pass@1"]
 
     def close(self) -> None:

@@ -1,22 +1,29 @@
 """Does performance-guided distillation (PGKD) beat single-pass distillation at the same teacher budget?
 
-    .venv/bin/python scripts/exp_pgkd.py                        # 3 seeds: loop, single-pass, random control
-    .venv/bin/python scripts/exp_pgkd.py --seeds 0 --ablations  # one seed, plus one row per lever switched off
-    .venv/bin/python scripts/exp_pgkd.py --quick                # a few minutes: tiny sizes, proves the plumbing
+    .venv/bin/python scripts/exp_pgkd.py --setting hard                 # 3 seeds: loop, single-pass, random
+    .venv/bin/python scripts/exp_pgkd.py --setting hard --seeds 0 --ablations  # + one row per lever switched off
+    .venv/bin/python scripts/exp_pgkd.py --setting quickstart --base-run runs/quickstart  # reuse its base data
+    .venv/bin/python scripts/exp_pgkd.py --quick                        # a few minutes: tiny sizes, the plumbing
 
-Arms, per seed (the embedded SmolLM2-135M-Instruct is teacher and student, as in the quickstart):
+The teacher is Qwen2.5-Coder-0.5B-Instruct, the student SmolLM2-135M-Instruct, and every arm's recipe is
+`scripts/recipes/<setting>.yaml` with the seed, the base prompt count and the loop options replaced:
+`quickstart` (one operation, single digits, the teacher's rewrites; the teacher answers once per question with
+worked examples) or `hard` (two operations, two-digit operands, word problems; 4 answers per question).
+
+Arms, per seed:
 - `loop`: `distill loop` with the recipe's loop settings (targeted regeneration, adaptive effort, the best
-  student as generator once it beats the teacher, warm start with replay, mining apart from validation).
-- `single-pass`: the quickstart's plain recipe on as many training prompts as the loop's generation tokens
-  buy (the loop's tokens / the base run's tokens per prompt), trained for the same epochs. Only the prompts
+  student as generator once it beats the teacher on validation, warm start with replay, hard negatives).
+- `single-pass`: the recipe's plain stages on as many training prompts as the loop's generation tokens buy
+  (the loop's tokens / the base run's tokens per prompt), trained for the same epochs. Only the prompts
   beyond the base run's are generated (the prompt draw is prefix-stable and sampling is seeded per prompt).
 - `loop round 0`: the loop's first student, plain SFT on the base data: single-pass at the base budget.
 - `random`: the loop with `method: random` (as many new problems, unrelated to the failures): the control
   arm that separates "targeted" from "more data".
 The random control and the ablation loops reuse the seed's round 0 (the same computation; the levers act from
-round 1 on). Each arm's final student is scored greedily on the test split (held-out wording). The script prints test
-accuracy as mean ± sd over seeds, generation tokens and wall time, and writes runs/exp_pgkd/results.json.
-Every arm is a run folder, so an interrupted experiment resumes where it stopped.
+round 1 on). Each student is scored greedily on the test split (the two held-out wording families), as is the
+teacher prompted the way it wrote the data. The script prints test accuracy as mean ± sd over seeds, paired
+per-problem comparisons, generation tokens, wall time and the loop's per-step seconds, and writes
+<out>/seed-<s>.json. Every arm is a run folder, so an interrupted experiment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -29,67 +36,82 @@ import time
 from pathlib import Path
 
 import yaml
-from experiments import REPO, distill, mean_sd, paired
+from experiments import QWEN, REPO, SMOL, distill, mean_sd, paired, score, table
 
-OUT = REPO / "runs" / "exp_pgkd"
-
-RECIPE = """run: {run}
-teacher: {{model: smollm2-135m-instruct, engine: vllm}}
-student: {{model: smollm2-135m-instruct}}
-source: {{task: arithmetic, n: {n}, seed: {seed}, split: train}}
-stages:
-  - generate: {{n: 4, temperature: 0.8, top_p: 0.95, max_tokens: 96, seed: {seed}, logprobs: 5}}
-  - verify: {{verifiers: [math], dedup: {{minhash_threshold: 0.9}}}}
-  - export: {{formats: [sft]}}
-loop: {loop}
-"""
-
-TEST_MAX_TOKENS = 96  # the quickstart's test budget, and the length the teacher's training answers are cut at
-ABLATIONS = {  # one lever switched off per row (weighting is off by default, so its row switches it on)
-    "loop (all levers)": {},
-    "- targeted regeneration (same structure, new numbers)": {"method": "task"},
-    "- adaptive effort (no extra samples for hard prompts)": {"hard_samples": 4},
-    "- student as generator (teacher only)": {"generator": "teacher"},
-    "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
-    "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
-    "+ weighting of new rows (each repeated twice)": {"new_weight": 2},
-    "- honest stopping (patience 1)": {"patience": 1},
-}
+SETTINGS = ("quickstart", "hard")
+DIFFICULTY = ("ops", "digits", "operators", "mul_digits")  # source keys `distill eval` takes as flags
 
 
-def write_recipe(folder: Path, run: str, n: int, seed: int, loop: dict) -> Path:
+def recipe_of(setting: str, n: int, seed: int, loop: dict, run: str = "x") -> dict:
+    """`scripts/recipes/<setting>.yaml` with `n` base prompts, the seed (prompt draw and sampling) and the
+    loop options `loop` over the recipe's own."""
+    recipe = yaml.safe_load((REPO / "scripts" / "recipes" / f"{setting}.yaml").read_text())
+    recipe["run"] = run
+    recipe["source"].update(n=n, seed=seed)
+    for entry in recipe["stages"]:
+        for name, config in entry.items():
+            if name in ("generate", "rephrase") and config is not None:
+                config["seed"] = seed
+    recipe["loop"] = {**(recipe.get("loop") or {}), **loop}
+    return recipe
+
+
+def stage(recipe: dict, name: str) -> dict:
+    return next((e[name] or {}) for e in recipe["stages"] if name in e)
+
+
+def eval_flags(recipe: dict) -> tuple[str, ...]:
+    """`distill eval` flags for the recipe's arithmetic difficulty (the harder setting's ops, digits...)."""
+    flags = []
+    for key in DIFFICULTY:
+        if key in recipe["source"]:
+            flags += [f"--{key.replace('_', '-')}", str(recipe["source"][key])]
+    return tuple(flags)
+
+
+def answer_tokens(recipe: dict) -> int:
+    """The answer budget of test scoring: the loop's, else the generate stage's (what training answers were
+    cut at, and what the loop validates with)."""
+    return recipe["loop"].get("max_tokens") or stage(recipe, "generate")["max_tokens"]
+
+
+def write_recipe(folder: Path, recipe: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
-    path.write_text(RECIPE.format(run=run, n=n, seed=seed, loop=json.dumps(loop)))
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
 
-def evaluate(adapter: str | None, out: Path, test_n: int, max_tokens: int = TEST_MAX_TOKENS) -> float:
-    if not out.exists():
-        args = ["eval", "smollm2-135m-instruct", "--task", "arithmetic", "--split", "test"]
-        args += [
-            "--limit",
-            str(test_n),
-            "--max-tokens",
-            str(max_tokens),
-            "--engine",
-            "vllm",
-            "--output",
-            str(out),
-        ]
-        distill(*(args + (["--adapter", adapter] if adapter else [])))
-    return json.loads(out.read_text())["pass@1"]
+def evaluate(
+    recipe: dict, adapter: str | Path | None, out: Path, test_n: int, tokens: int | None = None
+) -> float:
+    """The student's greedy test accuracy (`test_n` problems per held-out wording family)."""
+    result = score(
+        SMOL, adapter, out, limit=test_n, tokens=tokens or answer_tokens(recipe), flags=eval_flags(recipe)
+    )
+    return result["pass@1"]
+
+
+def evaluate_teacher(recipe: dict, out: Path, test_n: int) -> float:
+    """The teacher's greedy test accuracy, prompted as it wrote the data (the generate stage's templates)."""
+    gen = stage(recipe, "generate")
+    flags = list(eval_flags(recipe))
+    for key in ("system_template", "shots_template"):
+        if gen.get(key):
+            flags += [f"--{key.replace('_', '-')}", gen[key]]
+    return score(QWEN, None, out, limit=test_n, tokens=answer_tokens(recipe), flags=tuple(flags))["pass@1"]
 
 
 def run_loop_arm(
-    folder: Path, seed: int, loop: dict, test_n: int, base_run: Path | None = None, share_round0: bool = False
+    folder: Path, recipe: dict, test_n: int, base_run: Path | None = None, share_round0: bool = False
 ) -> dict:
-    recipe = write_recipe(folder, folder.name, loop.pop("_n"), seed, loop)
+    recipe_path = write_recipe(folder, {**recipe, "run": folder.name})
     if base_run is not None and not (folder / "run").exists():
         # The same recipe stages as `base_run`: share its base dataset instead of generating it again (the
-        # stage fingerprints match, so the loop sees finished stages).
-        for stage in sorted(base_run.glob("0[0-2]-*")):  # prompts, generate, verify (export is the arm's own)
-            shutil.copytree(stage, folder / "run" / stage.name)
+        # stage fingerprints match, so the loop sees finished stages). Export is the arm's own.
+        for stage_dir in sorted(base_run.glob("[0-9][0-9]-*")):
+            if not stage_dir.name.endswith("-export"):
+                shutil.copytree(stage_dir, folder / "run" / stage_dir.name)
         if share_round0:
             # Round 0 (plain SFT on the base data, same seed) is the same computation in every arm of a seed;
             # the levers act from round 1 on. Reuse its training and the validation prompts.
@@ -101,46 +123,69 @@ def run_loop_arm(
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dst)
     if not (folder / "run" / "loop" / "summary.json").exists():
-        distill("loop", str(recipe), "--run-dir", str(folder / "run"))
+        distill("loop", str(recipe_path), "--run-dir", str(folder / "run"))
     summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
     best = summary["best"]
     round0 = folder / "run" / "loop" / "iter_0" / "train" / "adapter"
     same = Path(best["adapter"]).resolve() == round0.resolve()  # the loop never beat round 0
+    generate_dir = next((folder / "run").glob("[0-9][0-9]-generate"))
     return {
-        "test": evaluate(best["adapter"], folder / "test.json", test_n),
+        "test": evaluate(recipe, best["adapter"], folder / "test.json", test_n),
         # Round 0 is plain SFT on the base data: single-pass distillation at the base budget.
-        "test_round0": evaluate(str(round0), folder / ("test.json" if same else "test-round0.json"), test_n),
+        "test_round0": evaluate(
+            recipe, round0, folder / ("test.json" if same else "test-round0.json"), test_n
+        ),
         "val": best["val_accuracy"],
+        "teacher_val": summary.get("teacher_validation_accuracy"),
         "tokens": summary["generation_tokens"],
-        "base_tokens": json.loads((folder / "run" / "01-generate" / "manifest.json").read_text())["tokens"][
-            "completion"
-        ],
+        "base_tokens": json.loads((generate_dir / "manifest.json").read_text())["tokens"]["completion"],
         "wall_s": summary["wall_s"],
         "rounds": summary["stopped_after"],
+        "best_round": best["iteration"],
+        "history": [
+            {
+                k: h.get(k)
+                for k in ("iteration", "val_accuracy", "round_s", "step_s", "engine_start_s", "generator")
+            }
+            for h in summary["history"]
+        ],
     }
 
 
-def generate_pool(folder: Path, seed: int, n0: int, n: int) -> Path:
+def generate_pool(folder: Path, recipe: dict, n0: int, n: int) -> Path:
     """Teacher samples for the training prompts n0..n of the seed's draw (the single-pass arm's extra prompts),
-    in <folder>/extra-pool. A larger pool serves any smaller arm: its first prompts are that arm's prompts."""
+    in <folder>/extra-pool: the recipe's stages before verify (rephrase, if any, then generate), each with
+    the recipe's settings. A larger pool serves any smaller arm: its first prompts are that arm's prompts."""
     from pipeline.tasks import load_task
 
     pool = folder / "extra-pool"
-    if not (pool / "01-generate" / "manifest.json").exists():
+    steps = [
+        (name, cfg or {})
+        for e in recipe["stages"]
+        for name, cfg in e.items()
+        if name in ("rephrase", "generate")
+    ]
+    last = pool / f"{len(steps):02d}-{steps[-1][0]}"
+    if not (last / "manifest.json").exists():
         pool.mkdir(parents=True, exist_ok=True)
-        rows = load_task("arithmetic", split="train", n=n, seed=seed)[n0:]
+        source = {k: v for k, v in recipe["source"].items() if k != "task"}
+        source.update(n=n, split="train")
+        rows = load_task(recipe["source"]["task"], **source)[n0:]
         (pool / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        g = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"][0]["generate"]
-        distill(
-            "generate", "--input", str(pool / "prompts.jsonl"), "--output", str(pool / "01-generate"),
-            "--teacher", "smollm2-135m-instruct", "--engine", "vllm", "--n", str(g["n"]),
-            "--temperature", str(g["temperature"]), "--top-p", str(g["top_p"]),
-            "--max-tokens", str(g["max_tokens"]), "--seed", str(g["seed"]), "--logprobs", str(g["logprobs"]),
-        )  # fmt: skip
-    return pool
+        previous = pool / "prompts.jsonl"
+        for i, (name, cfg) in enumerate(steps, start=1):
+            out = pool / f"{i:02d}-{name}"
+            (pool / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+            teacher = recipe["teacher"]
+            distill(
+                name, "--input", str(previous), "--output", str(out), "--config", str(pool / f"{name}.yaml"),
+                "--teacher", teacher["model"], "--engine", teacher.get("engine", "vllm"),
+            )  # fmt: skip
+            previous = out
+    return last
 
 
-def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: int, loop: dict, test_n: int):
+def run_single_pass(folder: Path, recipe: dict, tokens: int, base_run: Path, n0: int, test_n: int) -> dict:
     """Plain distillation with as many prompts as `tokens` buys, trained for the loop's epochs.
 
     The training prompts of `n` are the base run's `n0` plus the next `n - n0` of the same draw (the task's
@@ -153,14 +198,14 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
 
     from pipeline import store
 
-    base = json.loads((base_run / "01-generate" / "manifest.json").read_text())
+    base = json.loads((next(base_run.glob("[0-9][0-9]-generate")) / "manifest.json").read_text())
     per_prompt = base["tokens"]["completion"] / n0
     n = max(n0, round(tokens / per_prompt))
-    extra = folder / "extra"
+    extra, loop = folder / "extra", recipe["loop"]
     t0 = time.perf_counter()
     if not (folder / "train" / "manifest.json").exists():
         extra.mkdir(parents=True, exist_ok=True)
-        sft = [base_run / "03-export" / "data" / "sft"]
+        sft = [next(base_run.glob("[0-9][0-9]-export")) / "data" / "sft"]
         if n > n0:
             pool = folder / "extra-pool"
             if (
@@ -168,18 +213,20 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
                 or len((pool / "prompts.jsonl").read_text().splitlines()) < n - n0
             ):
                 shutil.rmtree(pool, ignore_errors=True)
-            pool = generate_pool(folder, seed, n0, n)
+            generated = generate_pool(folder, recipe, n0, n)
             ids = [json.loads(line)["id"] for line in (pool / "prompts.jsonl").read_text().splitlines()][
                 : n - n0
             ]
-            gens = store.load_table(pool / "01-generate" / "data")
-            wanted = set(ids)
-            keep = pa.array([rid in wanted for rid in gens.column("id").to_pylist()])
+            gens = store.load_table(generated / "data")
+            wanted = set(ids)  # a rewrite belongs to the prompt it was rephrased from
+            sources = [json.loads(m or "{}").get("rephrased_from", i) for i, m in zip(
+                gens.column("id").to_pylist(), gens.column("meta").to_pylist(), strict=True
+            )]  # fmt: skip
+            keep = pa.array([source in wanted for source in sources])
             partial = extra / "generations.parquet.partial"  # a kill mid-write must not leave a torn file
             pq.write_table(gens.filter(keep), partial)
             partial.replace(extra / "generations.parquet")
-            verify = yaml.safe_load(RECIPE.format(run="x", n=n, seed=seed, loop="{}"))["stages"][1]["verify"]
-            (extra / "verify.yaml").write_text(yaml.safe_dump(verify))
+            (extra / "verify.yaml").write_text(yaml.safe_dump(stage(recipe, "verify")))
             distill(
                 "verify", "--input", str(extra / "generations.parquet"), "--output", str(extra / "02-verify"),
                 "--config", str(extra / "verify.yaml"),
@@ -188,7 +235,7 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
             sft.append(extra / "03-export" / "data" / "sft")
         data = folder / "train-data" / "sft"
         store.save_table(store.concat([store.load_table(p) for p in sft]), data)
-        config = yaml.safe_load((REPO / "scripts" / "configs" / "sft.yaml").read_text())
+        config = yaml.safe_load((REPO / loop.get("train_config", "scripts/configs/sft.yaml")).read_text())
         config.update(dataset=str(data), output_dir=str(folder / "train"))
         config["num_train_epochs"] = loop.get("epochs", 2.0)
         if "max_steps" in loop:
@@ -201,18 +248,42 @@ def run_single_pass(folder: Path, seed: int, tokens: int, base_run: Path, n0: in
     if extra_rows.exists():
         tokens_used += sum(pq.read_table(extra_rows, columns=["completion_tokens"]).column(0).to_pylist())
     return {
-        "test": evaluate(str(folder / "train" / "adapter"), folder / "test.json", test_n),
+        "test": evaluate(recipe, folder / "train" / "adapter", folder / "test.json", test_n),
         "tokens": tokens_used,
         "wall_s": float((folder / "wall_s").read_text()),  # without the base run's generation (shared)
         "prompts": n,
     }
 
 
+def ablations(recipe: dict) -> dict[str, dict]:
+    """One lever switched off per row (weighting is off by default, so its row switches it on)."""
+    n = stage(recipe, "generate").get("n", 4)
+    return {
+        "loop (all levers)": {},
+        "- targeted regeneration (same structure, new numbers)": {"method": "task"},
+        f"- adaptive effort (the generate stage's {n} sample(s) only)": {"hard_samples": n},
+        "- student as generator (teacher only)": {"generator": "teacher"},
+        "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
+        "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
+        "+ weighting of new rows (each repeated twice)": {"new_weight": 2},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--setting", choices=SETTINGS, default="hard", help="the recipe: scripts/recipes/<setting>.yaml"
+    )
+    ap.add_argument("--out", type=Path, help="experiment folder (default: runs/exp_pgkd/<setting>)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--n", type=int, default=240, help="base training prompts (4 samples each)")
-    ap.add_argument("--test-n", type=int, default=175, help="test problems (175: all single-digit ones)")
+    ap.add_argument("--n", type=int, help="base training prompts (default: the recipe's)")
+    ap.add_argument(
+        "--test-n", type=int, default=100, help="test problems per held-out wording family (2 families)"
+    )
+    ap.add_argument("--iterations", type=int, help="loop rounds, round 0 = plain SFT (default: the recipe's)")
+    ap.add_argument(
+        "--mine-n", type=int, help="training prompts the student is mined on (default: the recipe's)"
+    )
     ap.add_argument(
         "--ablations",
         nargs="*",
@@ -225,256 +296,218 @@ def main() -> None:
     ap.add_argument(
         "--base-run",
         type=Path,
-        help="a finished quickstart run (runs/quickstart): the first seed's arms reuse its generated and "
-        "verified base data (same recipe stages, so the fingerprints match) instead of generating it again",
+        help="a finished run of the setting's recipe at seed 0 (e.g. runs/quickstart): seed 0's arms reuse "
+        "its generated and verified base data (same stages, so the fingerprints match)",
     )
-    ap.add_argument("--iterations", type=int, default=3, help="loop rounds (round 0 is plain SFT)")
     ap.add_argument("--report", action="store_true", help="only print the tables of what has finished")
-    ap.add_argument(
-        "--rescore-tokens",
-        type=int,
-        metavar="N",
-        help=f"only score the finished arms' students again on test with N answer tokens (not "
-        f"{TEST_MAX_TOKENS}; the loop validates at its max_tokens) and print both scores side by side",
-    )
     ap.add_argument(
         "--pregenerate",
         type=int,
         metavar="N",
-        help="only generate the single-pass arm's extra prompts up to N for each seed (while the loop runs "
-        "elsewhere; the arm later uses the first ones its budget buys)",
+        help="only generate the single-pass arm's extra prompts up to N for each seed",
     )
     args = ap.parse_args()
-    # max_tokens: the loop scored students at 128 answer tokens before its default became the generate stage's
-    # 96; pinned, so arms still to run pick their best round exactly as the arms already measured did.
-    loop = {"iterations": args.iterations, "max_tokens": 128}
+    loop = {k: v for k, v in (("iterations", args.iterations), ("mine_n", args.mine_n)) if v is not None}
     if args.quick:
-        args.n, args.test_n = 16, 16
+        args.n, args.test_n = 16, 8
         loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
-    unknown = [w for w in args.ablations or [] if not any(w in name for name in ABLATIONS)]
+    n = (
+        args.n
+        or yaml.safe_load((REPO / "scripts" / "recipes" / f"{args.setting}.yaml").read_text())["source"]["n"]
+    )
+    names = ablations(recipe_of(args.setting, n, 0, loop))
+    unknown = [w for w in args.ablations or [] if not any(w in name for name in names)]
     if unknown:
-        ap.error(f"--ablations {' '.join(unknown)} names no lever; use words from: {', '.join(ABLATIONS)}")
-    out = OUT / ("quick" if args.quick else "full")
+        ap.error(f"--ablations {' '.join(unknown)} names no lever; use words from: {', '.join(names)}")
+    out = args.out or REPO / "runs" / "exp_pgkd" / (f"{args.setting}-quick" if args.quick else args.setting)
     if args.pregenerate:
         for seed in args.seeds:
-            generate_pool(out / f"single-s{seed}", seed, args.n, args.pregenerate)
-        return
-    if args.rescore_tokens:
-        rescore(out, args.test_n, args.rescore_tokens, args.seeds)
+            generate_pool(
+                out / f"single-s{seed}", recipe_of(args.setting, n, seed, loop), n, args.pregenerate
+            )
         return
     if not args.report:
-        run_arms(args, loop, out)
-    report(out, args.test_n)
+        run_arms(args, n, loop, out)
+    report(out, args.test_n, names)
 
 
-def run_arms(args: argparse.Namespace, loop: dict, out: Path) -> None:
-    """Every finished arm is saved in <out>/seed-<s>.json, so several processes (one per seed, each on its own
-    core: VLLM_CPU_OMP_THREADS_BIND=0 or 1, OMP_NUM_THREADS=1) can share one experiment folder."""
-    evaluate(None, out / "base-test.json", args.test_n)
+def run_arms(args: argparse.Namespace, n: int, loop: dict, out: Path) -> None:
+    """Every finished arm is saved in <out>/seed-<s>.json (re-read first), so the experiment resumes."""
+    recipe0 = recipe_of(args.setting, n, args.seeds[0], loop)
+    evaluate(recipe0, None, out / "base-test.json", args.test_n)
+    evaluate_teacher(recipe0, out / "teacher-test.json", args.test_n)
     for seed in args.seeds:
+        recipe = recipe_of(args.setting, n, seed, loop)
         path = out / f"seed-{seed}.json"
         arms = json.loads(path.read_text()) if path.exists() else {}
-        reuse = args.base_run if seed == args.seeds[0] else None
-        arms["loop"] = run_loop_arm(out / f"loop-s{seed}", seed, {**loop, "_n": args.n}, args.test_n, reuse)
+        reuse = args.base_run if seed == 0 else None
+        arms["loop"] = run_loop_arm(out / f"loop-s{seed}", recipe, args.test_n, reuse)
         path.write_text(json.dumps(arms, indent=2))
         base_run = out / f"loop-s{seed}" / "run"
         arms["single-pass"] = run_single_pass(
-            out / f"single-s{seed}", seed, arms["loop"]["tokens"], base_run, args.n, loop, args.test_n
+            out / f"single-s{seed}", recipe, arms["loop"]["tokens"], base_run, n, args.test_n
         )
         path.write_text(json.dumps(arms, indent=2))
         if not args.no_control:
-            control = {**loop, "method": "random", "_n": args.n}
-            arms["random"] = run_loop_arm(out / f"random-s{seed}", seed, control, args.test_n, base_run, True)
+            control = recipe_of(args.setting, n, seed, {**loop, "method": "random"})
+            arms["random"] = run_loop_arm(out / f"random-s{seed}", control, args.test_n, base_run, True)
             path.write_text(json.dumps(arms, indent=2))
     if args.ablations is not None:
         seed = args.seeds[0]
+        names = ablations(recipe0)
         # all levers on: the seed's loop arm itself
-        save_ablation(out, next(iter(ABLATIONS)), json.loads((out / f"seed-{seed}.json").read_text())["loop"])
-        for i, (name, change) in enumerate(ABLATIONS.items()):
+        save_ablation(out, next(iter(names)), json.loads((out / f"seed-{seed}.json").read_text())["loop"])
+        for i, (name, change) in enumerate(names.items()):
             if change and (not args.ablations or any(word in name for word in args.ablations)):
                 folder, base_run = out / f"ablation-{i}-s{seed}", out / f"loop-s{seed}" / "run"
-                settings = {**loop, **change, "_n": args.n}
-                result = run_loop_arm(folder, seed, settings, args.test_n, base_run, share_round0=True)
+                settings = recipe_of(args.setting, n, seed, {**loop, **change})
+                result = run_loop_arm(folder, settings, args.test_n, base_run, share_round0=True)
                 save_ablation(out, name, result)
-
-
-def rescore(out: Path, test_n: int, max_tokens: int, seeds: list[int]) -> None:
-    """Each finished arm's students scored on test with `max_tokens` answer tokens beside the standard score:
-    shows how much of an arm's score is answers cut off before their final number (undecided)."""
-    students = []  # (arm, seed, adapter, standard result file)
-    for seed in seeds:
-        for arm, folder in (("loop", f"loop-s{seed}"), ("random", f"random-s{seed}")):
-            summary = out / folder / "run" / "loop" / "summary.json"
-            if (out / folder / "test.json").exists() and summary.exists():
-                round0 = out / folder / "run" / "loop" / "iter_0" / "train" / "adapter"
-                if arm == "loop" and (out / folder / "test-round0.json").exists():
-                    students.append(("loop round 0", seed, round0, out / folder / "test-round0.json"))
-                best = json.loads(summary.read_text())["best"]["adapter"]
-                students.append((arm, seed, Path(best), out / folder / "test.json"))
-        single = out / f"single-s{seed}"
-        if (single / "test.json").exists():
-            students.append(("single-pass", seed, single / "train" / "adapter", single / "test.json"))
-    print(
-        f"\nTest accuracy at {TEST_MAX_TOKENS} and at {max_tokens} answer tokens (undecided: no final answer)"
-    )
-    print(f"| arm | seed | test % @{TEST_MAX_TOKENS} | undecided | test % @{max_tokens} | undecided |")
-    print("|---|---|---|---|---|---|")
-    scores: dict[str, list[tuple[float, float]]] = {}
-    for arm, seed, adapter, standard in students:
-        longer = standard.with_name(f"{standard.stem}-{max_tokens}tok.json")
-        evaluate(str(adapter), longer, test_n, max_tokens)
-        a, b = (json.loads(p.read_text()) for p in (standard, longer))
-        scores.setdefault(arm, []).append((a["pass@1"], b["pass@1"]))
-        print(
-            f"| {arm} | {seed} | {100 * a['pass@1']:.1f} | {a['undecided']} | {100 * b['pass@1']:.1f} "
-            f"| {b['undecided']} |",
-            flush=True,
-        )
-    for arm, pairs in scores.items():
-        short, long = ([p[i] for p in pairs] for i in (0, 1))
-        print(f"{arm}: {mean_sd(short)} at {TEST_MAX_TOKENS} tokens, {mean_sd(long)} at {max_tokens}")
-
-
-def wording(prompt: str, expression: str) -> str:
-    """Which wording a question uses (prompts/tasks/arithmetic_{heldout,train}.jinja): its opening words, or
-    `story (op)` for the one word problem each operator has."""
-    for start in ("Find the value of", "Work out", "Calculate", "What is the result of", "What is"):
-        if prompt.startswith(start + " "):
-            return start + " ..."
-    if prompt.endswith("= ?"):
-        return "... = ?"
-    return f"story ({expression.split()[1]})"
-
-
-def by_wording(out: Path, test_n: int, seeds: list[int]) -> None:
-    """Test accuracy per held-out wording, mean over seeds: where the students fail."""
-    from pipeline import store
-    from pipeline.tasks import load_task
-
-    kind = {}
-    for row in load_task("arithmetic", split="test", n=test_n):
-        kind[row["id"]] = wording(row["prompt"], json.loads(row["meta"])["expression"])
-    arms = {"base": ["base-test.json"]}
-    arms["round 0"] = [f"loop-s{s}/test-round0.json" for s in seeds]
-    arms["single-pass"] = [f"single-s{s}/test.json" for s in seeds]
-    arms["loop"] = [f"loop-s{s}/test.json" for s in seeds]
-    table: dict[str, dict[str, list[float]]] = {}
-    for arm, files in arms.items():
-        for f in files:
-            if not (out / f).exists():
-                continue
-            passed: dict[str, list[bool]] = {}
-            for r in json.loads((out / f).read_text())["rows"]:
-                passed.setdefault(kind.get(r["id"], "other"), []).append(bool(r["passed"]))
-            for k, v in passed.items():
-                table.setdefault(k, {}).setdefault(arm, []).append(sum(v) / len(v))
-    counts = {k: list(kind.values()).count(k) for k in table}  # "other": a test file of another --test-n
-    print(f"\nTest accuracy % by held-out wording (mean over seeds {seeds})")
-    print("| wording | problems | " + " | ".join(arms) + " |")
-    print("|---|---|" + "---|" * len(arms))
-    for k in sorted(table, key=lambda k: -counts[k]):
-        cells = [f"{100 * statistics.mean(table[k][a]):.0f}" if a in table[k] else "-" for a in arms]
-        print(f"| {k} | {counts[k]} | " + " | ".join(cells) + " |")
-    # The loop mines on training-split prompts, in the training wording: what round 0 fails there.
-    mined: dict[str, list[int]] = {}
-    for seed in seeds:
-        folder = out / f"loop-s{seed}" / "run" / "loop" / "iter_0" / "mine"
-        for part, solved in (("data", 0), ("rejected", 1)):
-            if (folder / part).exists():
-                for r in store.load_table(folder / part).to_pylist():
-                    k = wording(r["prompt"], json.loads(r["meta"])["expression"])
-                    mined.setdefault(k, [0, 0])[0] += solved
-                    mined[k][1] += 1
-    if mined:
-        print("\nRound 0 on the loop's mining pool (training wording), all seeds pooled:")
-        print("  " + ", ".join(f"{k} {solved}/{n}" for k, (solved, n) in sorted(mined.items())))
 
 
 def save_ablation(out: Path, name: str, result: dict) -> None:
     """Adds one row to <out>/ablations.json, re-read first: other processes may add other levers to it."""
     saved = out / "ablations.json"
-    ablations = json.loads(saved.read_text()) if saved.exists() else {}
-    ablations[name] = result
-    saved.write_text(json.dumps(ablations, indent=2))
+    done = json.loads(saved.read_text()) if saved.exists() else {}
+    done[name] = result
+    saved.write_text(json.dumps(done, indent=2))
 
 
-def mcnemar(a: Path, b: Path) -> str:
-    """Paired by problem: problems only `a` solves, only `b` solves, and the exact two-sided McNemar p-value.
-    It measures test-set noise for these two students only, not the spread over training seeds."""
-    wins, losses, p = paired([json.loads(a.read_text())], [json.loads(b.read_text())])
-    return f"{wins} won, {losses} lost (exact McNemar p = {p:.3f})"
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-def report(out: Path, test_n: int) -> None:
-    base = json.loads((out / "base-test.json").read_text())["pass@1"]
+def report(out: Path, test_n: int, names: dict) -> None:
+    base, teacher = load(out / "base-test.json"), load(out / "teacher-test.json")
+    if base is None:
+        print(f"nothing finished in {out}")
+        return
     seeds = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted(out.glob("seed-*.json"))}
-    print(f"\nTest accuracy on {test_n} held-out-wording problems (greedy), seeds {sorted(seeds)}")
-    print(f"base model: {100 * base:.1f}%\n")
-    print(
-        "| arm | seeds | test accuracy % (mean ± sd) | per seed | generation tokens (mean) | wall min (mean) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for arm in ("loop round 0", "single-pass", "loop", "random"):
-        if arm == "loop round 0":  # plain SFT on the base data: single-pass at the base budget
-            done = {
-                s: {
-                    **arms["loop"],
-                    "test": arms["loop"]["test_round0"],
-                    "tokens": arms["loop"]["base_tokens"],
-                }
-                for s, arms in sorted(seeds.items())
-                if "test_round0" in arms.get("loop", {})
-            }
-        else:
-            done = {s: arms[arm] for s, arms in sorted(seeds.items()) if arm in arms}
-        if done:
-            rows = list(done.values())
-            per_seed = ", ".join(f"s{s}: {100 * r['test']:.1f}" for s, r in done.items())
-            tok = statistics.mean(r["tokens"] for r in rows)
-            wall = "-" if arm == "loop round 0" else f"{statistics.mean(r['wall_s'] for r in rows) / 60:.1f}"
-            print(
-                f"| {arm} | {len(rows)} | {mean_sd([r['test'] for r in rows])} | {per_seed} | {tok:,.0f} | {wall} |"
-            )
-    paired = [
-        arms["loop"]["test"] - arms["single-pass"]["test"] for arms in seeds.values() if "single-pass" in arms
+    problems = len(base["rows"])
+    print(f"\nTest accuracy on {problems} held-out-wording problems (greedy), seeds {sorted(seeds)}")
+    print(f"student before training: {100 * base['pass@1']:.1f}%")
+    if teacher:
+        print(f"teacher, prompted as it wrote the data: {100 * teacher['pass@1']:.1f}%")
+    files = {  # arm -> seed -> its test JSON
+        "loop round 0": {s: out / f"loop-s{s}" / "test-round0.json" for s in seeds},
+        "single-pass": {s: out / f"single-s{s}" / "test.json" for s in seeds},
+        "loop": {s: out / f"loop-s{s}" / "test.json" for s in seeds},
+        "random": {s: out / f"random-s{s}" / "test.json" for s in seeds},
+    }
+    for s, arms in seeds.items():  # a loop that never beat round 0 has one test file for both
+        if "loop" in arms and not files["loop round 0"][s].exists():
+            files["loop round 0"][s] = files["loop"][s]
+    rows = []
+    for arm in files:
+        key = "loop" if arm == "loop round 0" else arm
+        done = {s: a[key] for s, a in sorted(seeds.items()) if key in a}
+        if not done:
+            continue
+        tests = [a["test_round0"] if arm == "loop round 0" else a["test"] for a in done.values()]
+        tokens = [a["base_tokens"] if arm == "loop round 0" else a["tokens"] for a in done.values()]
+        wall = (
+            "-"
+            if arm == "loop round 0"
+            else f"{statistics.mean(a['wall_s'] for a in done.values()) / 60:.1f}"
+        )
+        ratio = f"{100 * statistics.mean(tests) / teacher['pass@1']:.0f}%" if teacher else "-"
+        per_seed = ", ".join(f"s{s}: {100 * t:.1f}" for s, t in zip(done, tests, strict=True))
+        versus = ""
+        if arm != "loop":
+            pairs = [
+                (files["loop"][s], files[arm][s])
+                for s in done
+                if files["loop"][s].exists() and files[arm][s].exists()
+            ]
+            if pairs:
+                wins, losses, p = paired([load(a) for a, _ in pairs], [load(b) for _, b in pairs])
+                versus = f"loop {wins} won / {losses} lost, p = {p:.3f}"
+        rows.append(
+            [arm, len(done), mean_sd(tests), per_seed, ratio, f"{statistics.mean(tokens):,.0f}", wall, versus]
+        )
+    header = [
+        "arm",
+        "seeds",
+        "test % (mean ± sd)",
+        "per seed",
+        "of teacher",
+        "gen. tokens (mean)",
+        "wall min",
+        "paired, pooled over seeds",
     ]
-    if paired:
-        print(f"\nloop - single-pass, paired by seed: {mean_sd(paired)} points over {len(paired)} seed(s)")
-    for seed in sorted(seeds):
-        for other, path in (
-            ("single-pass", f"single-s{seed}/test.json"),
-            ("loop round 0", f"loop-s{seed}/test-round0.json"),
-            ("random control", f"random-s{seed}/test.json"),
-        ):
-            versus = out / path
-            if (out / f"loop-s{seed}" / "test.json").exists() and versus.exists():
-                print(
-                    f"seed {seed}, loop vs {other} on the same problems: {mcnemar(out / f'loop-s{seed}' / 'test.json', versus)}"
-                )
-    # Noise of one score: the binomial standard error of an accuracy near 60% on test_n problems.
+    print(table(header, rows))
+    diffs = [a["loop"]["test"] - a["single-pass"]["test"] for a in seeds.values() if "single-pass" in a]
+    if diffs:
+        print(f"\nloop - single-pass, paired by seed: {mean_sd(diffs)} points over {len(diffs)} seed(s)")
     print(
-        f"one score's standard error on {test_n} problems at 60%: {100 * (0.6 * 0.4 / test_n) ** 0.5:.1f} points"
+        f"one score's standard error on {problems} problems at 60%: {100 * (0.24 / problems) ** 0.5:.1f} points"
     )
-    by_wording(out, test_n, sorted(seeds))
+    by_family(files, base, teacher)
+    step_table(seeds)
     if (out / "ablations.json").exists():
-        print(
-            "\nAblations (one seed): one lever switched off per row (weighting, off by default, switched on)"
-        )
-        print(
-            "| loop | test accuracy % | validation % | generation tokens | rounds | paired with the full loop |"
-        )
-        print("|---|---|---|---|---|---|")
-        done = json.loads((out / "ablations.json").read_text())
-        seed = next(iter(seeds), 0)
-        for i, name in enumerate(ABLATIONS):
-            if name not in done:
-                print(f"| {name} | not run | | | | |")
-                continue
-            r, test = done[name], out / f"ablation-{i}-s{seed}" / "test.json"
-            paired = mcnemar(out / f"loop-s{seed}" / "test.json", test) if test.exists() else ""
-            print(
-                f"| {name} | {100 * r['test']:.1f} | {100 * r['val']:.1f} | {r['tokens']:,} | {r['rounds']} | {paired} |"
+        ablation_table(out, names, next(iter(seeds), 0))
+
+
+def by_family(files: dict, base: dict, teacher: dict | None) -> None:
+    """Test accuracy per held-out wording family (heldout, wide), mean over seeds."""
+    cols = {"before": [base], **({"teacher": [teacher]} if teacher else {})}
+    for arm, per_seed in files.items():
+        cols[arm] = [r for p in per_seed.values() if (r := load(p))]
+    families = sorted({f for r in cols["before"] for f in r.get("by_phrasing", {})})
+    if not families:
+        return
+    rows = []
+    for f in families:
+        cells = [
+            f"{100 * statistics.mean(r['by_phrasing'][f]['pass@1'] for r in rs):.1f}" if rs else "-"
+            for rs in cols.values()
+        ]
+        rows.append([f, *cells])
+    print("\nTest % by held-out wording family (mean over seeds)")
+    print(table(["family", *cols], rows))
+
+
+def step_table(seeds: dict) -> None:
+    """Seconds per loop step, per round (seed order, loop arm): where the loop's time goes."""
+    rows = []
+    for s, arms in sorted(seeds.items()):
+        for h in arms.get("loop", {}).get("history", []):
+            steps = h.get("step_s") or {}
+            cells = ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+            rows.append(
+                [
+                    s,
+                    h["iteration"],
+                    h.get("round_s"),
+                    h.get("engine_start_s"),
+                    h.get("generator") or "-",
+                    cells,
+                ]
             )
+    if rows:
+        print("\nThe loop's rounds: seconds per step (engine starts count in the step that needed them)")
+        print(table(["seed", "round", "round s", "engine starts s", "generator", "step s"], rows))
+
+
+def ablation_table(out: Path, names: dict, seed: int) -> None:
+    print("\nAblations (one seed): one lever switched off per row (weighting, off by default, switched on)")
+    done = json.loads((out / "ablations.json").read_text())
+    rows = []
+    for i, name in enumerate(names):
+        if name not in done:
+            rows.append([name, "not run", "", "", "", ""])
+            continue
+        r, test = done[name], out / f"ablation-{i}-s{seed}" / "test.json"
+        versus = ""
+        if test.exists() and (out / f"loop-s{seed}" / "test.json").exists():
+            wins, losses, p = paired([load(out / f"loop-s{seed}" / "test.json")], [load(test)])
+            versus = f"loop {wins} won / {losses} lost, p = {p:.3f}"
+        rows.append(
+            [name, f"{100 * r['test']:.1f}", f"{100 * r['val']:.1f}", f"{r['tokens']:,}", r["rounds"], versus]
+        )
+    print(
+        table(["loop", "test %", "validation %", "gen. tokens", "rounds", "paired with the full loop"], rows)
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
-from pipeline import store
+from pipeline import loop, store
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
 from pipeline.stages import regenerate
@@ -138,6 +138,20 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     scored = json.loads((run_dir / "loop" / "iter_0" / "validate" / "manifest.json").read_text())
     assert scored["config"]["max_tokens"] == 32
     assert "iteration 1: validation accuracy" in r.stdout
+    # where a round's time went: each finished step's seconds, in the order the steps ran
+    steps = first["step_s"]
+    ran = [
+        s
+        for s in ("train-data", "train", "validate", "mine", "regenerate", "generate", "verify")
+        if s in steps
+    ]
+    assert ran == ["train-data", "train", "validate", "mine", "regenerate", "generate", "verify"]
+    assert set(steps) <= set(loop.ROUND_STEPS)
+    assert all(v >= 0 for v in steps.values()) and steps["train"] > 1.0
+    assert sum(steps.values()) <= first["round_s"] + 1.0 and 0 <= first["engine_start_s"] <= first["round_s"]
+    # the teacher's bar for `generator: best` is measured as it generates (the generate stage's templates)
+    teacher = json.loads((run_dir / "loop" / "teacher-validation.json").read_text())
+    assert teacher["templates"] == {"system_template": None, "shots_template": None}
     train_manifest = run_dir / "loop" / "iter_1" / "train" / "manifest.json"
     before = train_manifest.stat().st_mtime_ns
     r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=600)
