@@ -40,6 +40,7 @@ from pipeline import store
 from pipeline.config import from_dict
 from pipeline.errors import UserError
 from pipeline.loop_engines import LoopEngines, lora_rank
+from pipeline.loop_reuse import copy_training, round0_training
 from pipeline.loop_tables import (
     answer_set,
     hard_negative_pairs,
@@ -152,7 +153,8 @@ class Loop:
         return table_step(it / "train-data", "train-data", exports, settings, build, table="sft")["rows_out"]
 
     def train(self, it: Path, k: int, train_rows: int) -> Path:
-        """Step train: an SFT LoRA adapter for the student (its manifest marks it done)."""
+        """Step train: an SFT LoRA adapter for the student (its manifest marks it done). Round 0 copies a
+        finished training of the same export and settings when the run has one (pipeline/loop_reuse.py)."""
         loop = self.loop
         if not (it / "train" / "manifest.json").exists():
             overrides = {"dataset": str(it / "train-data"), "output_dir": str(it / "train")}
@@ -166,9 +168,18 @@ class Loop:
                 overrides["num_train_epochs"] = loop.warm_epochs
             elif loop.epochs is not None:
                 overrides["num_train_epochs"] = loop.epochs
-            self.log(f"[distill] loop {k}: training on {train_rows} rows")
-            self.engines.before_training()
-            _training()("sft", loop.train_config, overrides)
+            reuse = (
+                None
+                if k
+                else round0_training(self.rounds_sft[0], train_rows, self.loop_dir.parent, loop, overrides)
+            )
+            if reuse is not None:
+                self.log(f"[distill] loop 0: reusing {reuse} (trained on the same export, same settings)")
+                copy_training(reuse, it / "train")
+            else:
+                self.log(f"[distill] loop {k}: training on {train_rows} rows")
+                self.engines.before_training()
+                _training()("sft", loop.train_config, overrides)
         return it / "train" / "adapter"
 
     def train_dpo(self, it: Path, k: int, adapter: Path) -> Path:

@@ -284,6 +284,7 @@ def main() -> None:
     ap.add_argument(
         "--mine-n", type=int, help="training prompts the student is mined on (default: the recipe's)"
     )
+    ap.add_argument("--per-prompt", type=int, help="new prompts per mined failure (default: the recipe's)")
     ap.add_argument(
         "--ablations",
         nargs="*",
@@ -307,7 +308,8 @@ def main() -> None:
         help="only generate the single-pass arm's extra prompts up to N for each seed",
     )
     args = ap.parse_args()
-    loop = {k: v for k, v in (("iterations", args.iterations), ("mine_n", args.mine_n)) if v is not None}
+    sizes = (("iterations", args.iterations), ("mine_n", args.mine_n), ("per_prompt", args.per_prompt))
+    loop = {k: v for k, v in sizes if v is not None}
     if args.quick:
         args.n, args.test_n = 16, 8
         loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pytest
+import yaml
 
-from pipeline import loop, store
+from pipeline import loop, loop_reuse, store
 from pipeline.errors import UserError
 from pipeline.recipe import RunContext
 from pipeline.stages import regenerate
@@ -152,6 +154,28 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     # the teacher's bar for `generator: best` is measured as it generates (the generate stage's templates)
     teacher = json.loads((run_dir / "loop" / "teacher-validation.json").read_text())
     assert teacher["templates"] == {"system_template": None, "shots_template": None}
+    assert "reusing" not in r.stdout + r.stderr  # the run has no training of its own: round 0 trained
+
+    # Round 0 reuses a training the run already has, when it is the same export and the same settings
+    again = tmp_path / "again"
+    for stage_dir in run_dir.glob("0[0-3]-*"):
+        shutil.copytree(stage_dir, again / stage_dir.name)
+    config = yaml.safe_load((REPO / "scripts" / "configs" / "sft.yaml").read_text())
+    config |= {"dataset": str(again / "03-export"), "output_dir": str(again / "train-sft"), "max_steps": 2}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    assert run_cli("train", "sft", str(tmp_path / "sft.yaml"), timeout=600).returncode == 0
+    export, settings = again / "03-export", {"model": "smollm2-135m-instruct", "max_steps": 2}
+    train_config = str(REPO / "scripts" / "configs" / "sft.yaml")
+    assert loop_reuse.finished_training(again, export, train_config, settings) == again / "train-sft"
+    for other in ({"max_steps": 3}, {"learning_rate": 1e-3}, {"model": "qwen2.5-coder-0.5b-instruct"}):
+        assert loop_reuse.finished_training(again, export, train_config, settings | other) is None
+    r = run_cli("loop", str(recipe), "--run-dir", str(again), "--iterations", "1", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    train0 = json.loads((again / "loop" / "iter_0" / "train" / "manifest.json").read_text())
+    assert train0["reused_from"] == str(again / "train-sft") and "loop 0: reusing" in r.stdout + r.stderr
+    for f in (again / "train-sft" / "adapter").iterdir():
+        assert (again / "loop" / "iter_0" / "train" / "adapter" / f.name).read_bytes() == f.read_bytes()
+    assert json.loads((again / "loop" / "summary.json").read_text())["history"][0]["step_s"]["train"] < 5
     train_manifest = run_dir / "loop" / "iter_1" / "train" / "manifest.json"
     before = train_manifest.stat().st_mtime_ns
     r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=600)
