@@ -241,7 +241,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="rounds without improvement before stopping")
     p.add_argument("--mine-n", type=int, help="training-split prompts the student is mined on")
     p.add_argument("--epochs", type=float, help="epochs per round over all data so far")
-    p.add_argument("--method", choices=["targeted", "task", "random", "teacher"], help="regeneration method")
+    p.add_argument(
+        "--method", choices=["targeted", "task", "random", "teacher", "rephrase"], help="regeneration method"
+    )
     p.add_argument("--generator", choices=["teacher", "best"], help="who answers the new prompts")
     p.add_argument("--teacher-budget-tokens", type=int, help="stop once generation used this many tokens")
     add_executor_flags(p)

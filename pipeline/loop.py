@@ -255,13 +255,33 @@ class Loop:
             source = dataclasses.replace(source, seed=source.seed + 1000 * k)
         context = dataclasses.replace(self.context, source=source)
         prompts.run(prompts.Config(), None, folder, context=context)
-        return folder
+        if not self.loop.mine_rephrased:
+            return folder
+        rewritten = folder.with_name(folder.name + "-rephrased")
+        self.tokens_used += self.rephrase(folder, rewritten, per_prompt=1, seed=1000 + k)["tokens"][
+            "completion"
+        ]
+        return rewritten
+
+    def rephrase(self, source: Path, out: Path, per_prompt: int, seed: int) -> dict:
+        """The teacher's rewrites of the prompts in `source` (the recipe's rephrase settings, sources left
+        out): same numbers, same reference, another wording (pipeline/stages/rephrase.py)."""
+        from pipeline.stages import rephrase
+
+        config = _stage_config(self.recipe, "rephrase")
+        config = dataclasses.replace(config, per_prompt=per_prompt, keep_source=False, seed=seed)
+        context = dataclasses.replace(self.context, teachers=[self.recipe.teachers[0]])
+        manifest = rephrase.run(config, source, out, context=context, engine=self.engines.teacher())
+        return _finished(manifest, out)
 
     def mine(self, it: Path, k: int, adapter: Path, metrics: dict) -> str | None:
         """Step mine: the prompts of round k's pool the student fails (its answer kept for DPO)."""
         from pipeline.stages import mine
 
-        pool, engine = self.mine_pool(k), self.engines.student()
+        pool = self.mine_pool(k)
+        if store.read_manifest(pool)["rows_out"] == 0:
+            return "the mining pool is empty (the teacher's rewrites of it were all refused)"
+        engine = self.engines.student()
         mined = mine.run(self._mine_config(adapter), pool, it / "mine", context=self.context, engine=engine)
         metrics["hard_prompts"] = mined["rows_out"]
         metrics["mine_accuracy"] = mined["student_accuracy"]
@@ -272,6 +292,11 @@ class Loop:
         from pipeline.stages import regenerate
 
         loop = self.loop
+        if loop.method == "rephrase":  # the failed prompts themselves, in the teacher's new words
+            regen = self.rephrase(it / "mine", it / "regenerate", per_prompt=loop.per_prompt, seed=k)
+            self.tokens_used += regen["tokens"]["completion"]
+            metrics["new_prompts"] = regen["rows_out"]
+            return regen
         config = regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method)
         if loop.method == "teacher":  # the teacher writes problems and answers; label answers must be labels
             labels = _stage_config(self.recipe, "verify").label.get("labels")

@@ -49,9 +49,20 @@ class LoopConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "training steps per round (overrides epochs)"}
     )
-    method: Literal["targeted", "task", "random", "teacher"] = field(
+    method: Literal["targeted", "task", "random", "teacher", "rephrase"] = field(
         default="targeted",
-        metadata={"help": "regeneration: targeted, task (same structure), random (control arm), teacher"},
+        metadata={
+            "help": "regeneration: targeted, task (same structure), random (control arm), teacher (writes "
+            "problems and answers), rephrase (the teacher rewrites each failed prompt in new words, numbers "
+            "kept, with the recipe's rephrase settings)"
+        },
+    )
+    mine_rephrased: bool = field(
+        default=False,
+        metadata={
+            "help": "the teacher rewrites each round's mining pool first (one rewrite per prompt, numbers kept), "
+            "so the student is mined on wordings it was not trained on; its tokens count against the budget"
+        },
     )
     per_prompt: int = field(default=3, metadata={"help": "new prompts per hard prompt"})
     warm_start: bool = field(

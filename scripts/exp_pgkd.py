@@ -266,6 +266,10 @@ def ablations(recipe: dict) -> dict[str, dict]:
         "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
         "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
         "+ weighting of new rows (each repeated twice)": {"new_weight": 2},
+        "+ teacher rewrites (mined on rewritten prompts; failures rewritten, not varied)": {
+            "method": "rephrase",
+            "mine_rephrased": True,
+        },
     }
 
 

@@ -474,3 +474,60 @@ def test_distill_loop_ships_shards_where_the_recipes_executor_says(monkeypatch, 
 
     assert pipeline.loop.Loop(*[None] * 8, executor=seen[0]).ship == {"executor": seen[0]}
     assert pipeline.loop.Loop(*[None] * 8, executor=LocalExecutor()).ship == {}
+
+
+REPHRASE_RECIPE = """
+run: loop-rephrase
+teacher: {model: qwen2.5-coder-0.5b-instruct, engine: vllm}
+student: {model: smollm2-135m-instruct}
+source: {task: arithmetic, n: 8, seed: 0}
+stages:
+  - generate: {n: 1, temperature: 0.8, top_p: 1.0, max_tokens: 48, seed: 0}
+  - verify: {verifiers: [math]}
+  - export: {formats: [sft]}
+loop: {iterations: 2, validation_n: 4, mine_n: 16, max_steps: 2, per_prompt: 2, hard_samples: 1,
+       method: rephrase, mine_rephrased: true, hard_negatives: false, generator: teacher, lora_mode: vllm}
+"""
+
+
+def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
+    """`mine_rephrased`: the student is mined on the Qwen teacher's rewrites of the pool; `method: rephrase`:
+    the new prompts are the teacher's rewrites of each failed prompt. Both keep the numbers and the
+    reference, and their tokens count against the budget."""
+    from pipeline.stages.rephrase import numbers
+
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text(REPHRASE_RECIPE)
+    run_dir = tmp_path / "run"
+    r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loop_dir = run_dir / "loop"
+
+    def rows(folder):
+        return {row["id"]: row for row in store.load_table(folder / "data").to_pylist()}
+
+    def manifest(folder):
+        return json.loads((folder / "manifest.json").read_text())
+
+    source, pool = rows(loop_dir / "mine-pool"), rows(loop_dir / "mine-pool-rephrased")
+    assert manifest(loop_dir / "mine-pool-rephrased")["stage"] == "rephrase" and pool
+    for row in pool.values():  # another wording of a pool prompt: same numbers, same reference
+        original = source[json.loads(row["meta"])["rephrased_from"]]
+        assert row["id"] not in source and row["reference"] == original["reference"]
+        assert numbers(row["prompt"]) == numbers(original["prompt"])
+    mined = rows(loop_dir / "iter_0" / "mine")
+    assert mined and set(mined) <= set(pool)  # the student was mined on the rewrites
+    regen = manifest(loop_dir / "iter_0" / "regenerate")
+    assert regen["stage"] == "rephrase" and regen["rows_in"] == len(mined)
+    assert regen["config"]["per_prompt"] == 2 and regen["config"]["keep_source"] is False
+    for row in rows(loop_dir / "iter_0" / "regenerate").values():
+        assert json.loads(row["meta"])["rephrased_from"] in mined
+    spent = [
+        manifest(run_dir / "01-generate"),
+        manifest(loop_dir / "mine-pool-rephrased"),
+        manifest(loop_dir / "iter_0" / "regenerate"),
+    ]
+    if (loop_dir / "iter_0" / "generate" / "manifest.json").exists():
+        spent.append(manifest(loop_dir / "iter_0" / "generate"))
+    summary = json.loads((loop_dir / "summary.json").read_text())
+    assert summary["generation_tokens"] == sum(m["tokens"]["completion"] for m in spent)
