@@ -38,6 +38,8 @@ from pathlib import Path
 import yaml
 from experiments import QWEN, REPO, SMOL, distill, mean_sd, paired, score, table
 
+from pipeline.loop import ROUND_STEPS
+
 SETTINGS = ("quickstart", "hard")
 DIFFICULTY = ("ops", "digits", "operators", "mul_digits")  # source keys `distill eval` takes as flags
 
@@ -445,8 +447,10 @@ def report(out: Path, test_n: int, names: dict) -> None:
     diffs = [a["loop"]["test"] - a["single-pass"]["test"] for a in seeds.values() if "single-pass" in a]
     if diffs:
         print(f"\nloop - single-pass, paired by seed: {mean_sd(diffs)} points over {len(diffs)} seed(s)")
+    level = statistics.mean(a["loop"]["test"] for a in seeds.values() if "loop" in a) if seeds else 0.5
+    se = 100 * (level * (1 - level) / problems) ** 0.5
     print(
-        f"one score's standard error on {problems} problems at 60%: {100 * (0.24 / problems) ** 0.5:.1f} points"
+        f"one score's standard error on {problems} problems at the loop's {100 * level:.0f}%: {se:.1f} points"
     )
     by_family(files, base, teacher)
     step_table(seeds)
@@ -479,7 +483,8 @@ def step_table(seeds: dict) -> None:
     for s, arms in sorted(seeds.items()):
         for h in arms.get("loop", {}).get("history", []):
             steps = h.get("step_s") or {}
-            cells = ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+            order = [step for step in ROUND_STEPS if steps.get(step, 0) >= 0.5]  # the steps that took time
+            cells = ", ".join(f"{step} {steps[step]:.0f}" for step in order)
             rows.append(
                 [
                     s,
