@@ -21,11 +21,12 @@ student is mined on the source rows themselves.
 A round is the named steps of `ROUND_STEPS`, one folder each under `runs/<run>/loop/iter_<k>/`: stages
 (validate and mine are the mine stage, then regenerate, generate, verify, export), training runs (train,
 train-dpo) and the tables the loop builds between them (train-data, to-answer, hard-prompts, hard-negatives:
-pipeline/loop_tables.py). Every folder gets its manifest last, so a killed loop replays the finished steps
-from their manifests and resumes inside the step it was in. `loop/` also holds `validation/`,
-`mine-pool[-k]/`, `teacher-validation.json`, `iter_<k>/metrics.json` and `summary.json`. The generate,
-verify and export steps run their shards where the recipe's `executor:` (or --executor) says, as in
-`distill run`; the student's scoring and mining stay in this process, on the engine the loop keeps.
+pipeline/loop_tables.py). The mining pools and the teacher's rewrites come from pipeline/loop_prompts.py.
+Every folder gets its manifest last, so a killed loop replays the finished steps from their manifests and
+resumes inside the step it was in. `loop/` also holds `validation/`, `mine-pool[-k]/`,
+`teacher-validation.json`, `iter_<k>/metrics.json` and `summary.json`. The generate, verify and export steps
+run their shards where the recipe's `executor:` (or --executor) says, as in `distill run`; the student's
+scoring and mining stay in this process, on the engine the loop keeps.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pipeline import store
 from pipeline.config import from_dict
 from pipeline.errors import UserError
 from pipeline.loop_engines import LoopEngines, lora_rank
+from pipeline.loop_prompts import draw_pool, finished, recipe_stage_config, teacher_rephrase
 from pipeline.loop_reuse import copy_training, round0_training
 from pipeline.loop_tables import (
     answer_set,
@@ -50,7 +52,7 @@ from pipeline.loop_tables import (
     warm_table,
 )
 from pipeline.recipe import LoopConfig, ModelConfig, Recipe, RunContext, SourceConfig
-from pipeline.runner import load_recipe, run_context, run_recipe, stage_dirs, stage_module
+from pipeline.runner import load_recipe, run_context, run_recipe, stage_dirs
 
 # A round's steps, in order; each leaves iter_<k>/<step>/ with a manifest (the -more steps only when some
 # prompts got fewer than `stop_at` verified answers, train-dpo only with hard negatives from the last round).
@@ -60,25 +62,9 @@ ROUND_STEPS = tuple(
 )
 
 
-def _stage_config(recipe: Recipe, name: str):
-    for entry in recipe.stages:
-        if entry.name == name:
-            return entry.config
-    return stage_module(name).Config()
-
-
 def _answer_tokens(recipe: Recipe, loop: LoopConfig) -> int:
     """The answer budget the loop scores students at: its own, else the generate stage's."""
-    return loop.max_tokens or _stage_config(recipe, "generate").max_tokens
-
-
-def _finished(manifest: dict | None, folder: Path) -> dict:
-    if manifest is None:  # an executor that submits without waiting (slurm, wait: false)
-        raise UserError(
-            f"loop: shards remain unfinished in {folder}; `distill merge {folder}` once the jobs are done, "
-            "then rerun the loop"
-        )
-    return manifest
+    return loop.max_tokens or recipe_stage_config(recipe, "generate").max_tokens
 
 
 @dataclasses.dataclass
@@ -245,34 +231,18 @@ class Loop:
         return None
 
     def mine_pool(self, k: int) -> Path:
-        """Round k's mining prompts: a fresh draw of the training split each round (user data: its rows),
-        so later rounds find failures on facts the earlier pools did not contain."""
-        from pipeline.stages import prompts
-
-        folder = self.loop_dir / ("mine-pool" if k == 0 else f"mine-pool-{k}")
-        source = self.pool_source
-        if not self.user_data and k > 0:
-            source = dataclasses.replace(source, seed=source.seed + 1000 * k)
-        context = dataclasses.replace(self.context, source=source)
-        prompts.run(prompts.Config(), None, folder, context=context)
+        """Round k's mining prompts (pipeline/loop_prompts.py), in the teacher's words with `mine_rephrased`."""
+        pool = draw_pool(self.loop_dir, k, self.pool_source, self.user_data, self.context)
         if not self.loop.mine_rephrased:
-            return folder
-        rewritten = folder.with_name(folder.name + "-rephrased")
-        self.tokens_used += self.rephrase(folder, rewritten, per_prompt=1, seed=1000 + k)["tokens"][
-            "completion"
-        ]
+            return pool
+        rewritten = pool.with_name(pool.name + "-rephrased")
+        rephrased = self.rephrase(pool, rewritten, per_prompt=1, seed=1000 + k)
+        self.tokens_used += rephrased["tokens"]["completion"]
         return rewritten
 
     def rephrase(self, source: Path, out: Path, per_prompt: int, seed: int) -> dict:
-        """The teacher's rewrites of the prompts in `source` (the recipe's rephrase settings, sources left
-        out): same numbers, same reference, another wording (pipeline/stages/rephrase.py)."""
-        from pipeline.stages import rephrase
-
-        config = _stage_config(self.recipe, "rephrase")
-        config = dataclasses.replace(config, per_prompt=per_prompt, keep_source=False, seed=seed)
-        context = dataclasses.replace(self.context, teachers=[self.recipe.teachers[0]])
-        manifest = rephrase.run(config, source, out, context=context, engine=self.engines.teacher())
-        return _finished(manifest, out)
+        engine = self.engines.teacher()
+        return teacher_rephrase(self.recipe, self.context, engine, source, out, per_prompt, seed)
 
     def mine(self, it: Path, k: int, adapter: Path, metrics: dict) -> str | None:
         """Step mine: the prompts of round k's pool the student fails (its answer kept for DPO)."""
@@ -294,15 +264,16 @@ class Loop:
         loop = self.loop
         if loop.method == "rephrase":  # the failed prompts themselves, in the teacher's new words
             regen = self.rephrase(it / "mine", it / "regenerate", per_prompt=loop.per_prompt, seed=k)
-            self.tokens_used += regen["tokens"]["completion"]
-            metrics["new_prompts"] = regen["rows_out"]
-            return regen
-        config = regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method)
-        if loop.method == "teacher":  # the teacher writes problems and answers; label answers must be labels
-            labels = _stage_config(self.recipe, "verify").label.get("labels")
-            config = dataclasses.replace(config, temperature=loop.regenerate_temperature, labels=labels)
-        engine = self.engines.teacher() if loop.method == "teacher" else None
-        regen = regenerate.run(config, it / "mine", it / "regenerate", context=self.context, engine=engine)
+        else:
+            config = regenerate.Config(per_prompt=loop.per_prompt, seed=k, method=loop.method)
+            engine = None
+            if loop.method == "teacher":  # the teacher writes problems and answers; label answers: labels
+                labels = recipe_stage_config(self.recipe, "verify").label.get("labels")
+                config = dataclasses.replace(config, temperature=loop.regenerate_temperature, labels=labels)
+                engine = self.engines.teacher()
+            regen = regenerate.run(
+                config, it / "mine", it / "regenerate", context=self.context, engine=engine
+            )
         self.tokens_used += regen["tokens"]["completion"]
         metrics["new_prompts"] = regen["rows_out"]
         return regen
@@ -324,7 +295,7 @@ class Loop:
         prompts, and those with fewer than `stop_at` verified answers get up to `hard_samples` in all."""
         from pipeline.stages import generate, verify
 
-        loop, gen_config = self.loop, _stage_config(self.recipe, "generate")
+        loop, gen_config = self.loop, recipe_stage_config(self.recipe, "generate")
         if self.teacher_acc is not None and self.best["val_accuracy"] > self.teacher_acc:
             # The best student so far answers (self-imitation), its adapter applied per request.
             generator = ModelConfig(
@@ -340,14 +311,14 @@ class Loop:
             metrics["generator"] = "teacher"
         context = dataclasses.replace(self.context, teachers=[generator])
         ready = {generator.label: engine} if engine is not None else None
-        verify_config = _stage_config(self.recipe, "verify")
+        verify_config = recipe_stage_config(self.recipe, "verify")
         self.log(f"[distill] loop {k}: {metrics['generator']} answers the new prompts")
 
         def answer_with(config, prompts: Path, name: str, verified: str) -> None:
             gen = generate.run(config, prompts, it / name, context=context, engines=ready, **self.ship)
-            self.tokens_used += _finished(gen, it / name)["tokens"]["completion"]
+            self.tokens_used += finished(gen, it / name)["tokens"]["completion"]
             checked = verify.run(verify_config, it / name, it / verified, context=self.context, **self.ship)
-            _finished(checked, it / verified)
+            finished(checked, it / verified)
 
         gen_cfg = dataclasses.replace(gen_config, seed=_shift(gen_config.seed, 1000 * (k + 1)))
         answer_with(gen_cfg, answer_dir, "generate", "verify")
@@ -384,7 +355,7 @@ class Loop:
             if store.read_manifest(folder)["rows_out"] == 0:
                 continue
             out = it / ("export" if j == 0 else "export-more")
-            _finished(export.run(config, folder, out, context=self.context, **self.ship), out)
+            finished(export.run(config, folder, out, context=self.context, **self.ship), out)
             self.rounds_sft[-1].append(out / "data" / "sft")
 
     def finish(self, it: Path, metrics: dict, t_round: float) -> None:
@@ -474,7 +445,7 @@ def run_loop(
         )
     val_context = dataclasses.replace(context, source=val_source)
     prompts.run(prompts.Config(), None, loop_dir / "validation", context=val_context)
-    engines = LoopEngines(recipe, student_model, loop, lora_rank(loop.train_config))
+    engines = LoopEngines(recipe, student_model, loop, lora_rank(loop.train_config), log)
     state = Loop(recipe, loop, context, loop_dir, pool_source, user_data, engines, log, executor)
     state.rounds_sft = [[dirs["export"] / "data" / "sft"]]
     if "generate" in dirs:
@@ -482,7 +453,7 @@ def run_loop(
     try:
         if loop.generator == "best":
             out, max_tokens = loop_dir / "teacher-validation.json", _answer_tokens(recipe, loop)
-            gen = _stage_config(recipe, "generate")
+            gen = recipe_stage_config(recipe, "generate")
             templates = {"system_template": gen.system_template, "shots_template": gen.shots_template}
             state.teacher_acc = engines.teacher_accuracy(state.val_dir, out, max_tokens, templates)
             log(f"[distill] loop: teacher validation accuracy {state.teacher_acc:.1%}")

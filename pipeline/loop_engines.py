@@ -21,10 +21,16 @@ class LoopEngines:
     copy on a CPU: `lora_mode`), and, when the teacher is the student's own base model on vllm, the teacher
     too."""
 
-    def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int):
+    def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int, log=None):
         self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
         self._student = self._teacher = None
         self.start_s = 0.0  # seconds spent starting engines so far (a round's step table reports its share)
+        self.log = log or (lambda msg: None)
+
+    def _started(self, which: str, model: str, t0: float) -> None:
+        seconds = time.perf_counter() - t0
+        self.start_s += seconds
+        self.log(f"[distill] loop: started the {which} engine ({model}) in {seconds:.1f}s")
 
     def student(self, adapter: str | None = None):
         """The engine for the student's evaluation and mining (None: each stage loads its own hf model).
@@ -44,7 +50,7 @@ class LoopEngines:
                 lora_mode=mode,
                 adapter=adapter,
             )
-            self.start_s += time.perf_counter() - t0
+            self._started("student", self.student_model, t0)
         return self._student
 
     def before_training(self) -> None:
@@ -73,14 +79,15 @@ class LoopEngines:
 
             t0 = time.perf_counter()
             self._teacher = load_teacher(self.recipe.teachers[0])
-            self.start_s += time.perf_counter() - t0
+            self._started("teacher", self.recipe.teachers[0].model, t0)
         return self._teacher
 
     def teacher_accuracy(self, val_dir: Path, out: Path, max_tokens: int, templates: dict) -> float:
         """The teacher's greedy validation accuracy, prompted as it generates the data (`templates`: the
         generate stage's system_template and shots_template), measured once (kept in `out`): the bar the
         student must clear to generate (`generator: best`). A teacher asked the bare question would set the
-        bar far too low (Qwen on arithmetic: 63% bare, 99% after worked examples)."""
+        bar far too low (Qwen on arithmetic: 63% bare, 99% after worked examples). It runs on the engine
+        that later generates (started once, kept for the rounds)."""
         if out.exists():
             kept = json.loads(out.read_text())
             if kept.get("templates", {}) == templates:
@@ -89,15 +96,16 @@ class LoopEngines:
         from pipeline.stages import input_table
         from pipeline.store import write_json_atomic
 
-        rows = input_table(val_dir).to_pylist()
+        rows, teacher = input_table(val_dir).to_pylist(), self.recipe.teachers[0]
         result = evaluate(
-            self.recipe.teachers[0].model,
+            teacher.model,
+            adapter=teacher.adapter,
             task=rows[0]["task"],
-            engine=self.loop.engine,
+            engine=teacher.engine,
             limit=None,
             max_tokens=max_tokens,
             rows=rows,
-            engine_obj=self.teacher() if self.shares_teacher() else None,
+            engine_obj=self.teacher(),
             **templates,
         )
         result.pop("rows")

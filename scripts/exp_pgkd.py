@@ -131,12 +131,14 @@ def run_loop_arm(
     round0 = folder / "run" / "loop" / "iter_0" / "train" / "adapter"
     same = Path(best["adapter"]).resolve() == round0.resolve()  # the loop never beat round 0
     generate_dir = next((folder / "run").glob("[0-9][0-9]-generate"))
+    round0_out = folder / ("test.json" if same else "test-round0.json")
+    shared = round0_test(base_run.parent) if share_round0 and base_run is not None else None
+    if shared is not None and not round0_out.exists():
+        shutil.copy2(shared, round0_out)  # the same adapter bytes, scored greedily: the same figures
     return {
         "test": evaluate(recipe, best["adapter"], folder / "test.json", test_n),
         # Round 0 is plain SFT on the base data: single-pass distillation at the base budget.
-        "test_round0": evaluate(
-            recipe, round0, folder / ("test.json" if same else "test-round0.json"), test_n
-        ),
+        "test_round0": evaluate(recipe, round0, round0_out, test_n),
         "val": best["val_accuracy"],
         "teacher_val": summary.get("teacher_validation_accuracy"),
         "tokens": summary["generation_tokens"],
@@ -152,6 +154,18 @@ def run_loop_arm(
             for h in summary["history"]
         ],
     }
+
+
+def round0_test(folder: Path) -> Path | None:
+    """The test score of loop arm `folder`'s round-0 adapter, if it was scored (the arms that share round 0
+    copy it instead of scoring the same adapter again)."""
+    summary = folder / "run" / "loop" / "summary.json"
+    if not summary.exists():
+        return None
+    best = Path(json.loads(summary.read_text())["best"]["adapter"])
+    same = best.resolve() == (folder / "run" / "loop" / "iter_0" / "train" / "adapter").resolve()
+    path = folder / ("test.json" if same else "test-round0.json")
+    return path if path.exists() else None
 
 
 def generate_pool(folder: Path, recipe: dict, n0: int, n: int) -> Path:

@@ -531,3 +531,57 @@ def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
         spent.append(manifest(loop_dir / "iter_0" / "generate"))
     summary = json.loads((loop_dir / "summary.json").read_text())
     assert summary["generation_tokens"] == sum(m["tokens"]["completion"] for m in spent)
+
+
+def test_the_teachers_bar_is_measured_on_the_engine_that_generates(tmp_path, monkeypatch, vllm_engine):
+    """`generator: best` scores the teacher as it generates (the generate stage's templates), once, on the
+    engine the loop keeps for generation: evaluate starts no engine of its own (a second Qwen start costs
+    about 25 s on a CPU)."""
+    from pipeline import engines, evaluate
+    from pipeline.loop_engines import LoopEngines
+    from pipeline.recipe import LoopConfig, SourceConfig
+    from pipeline.runner import load_recipe
+    from pipeline.stages import prompts
+
+    recipe_path = tmp_path / "bar.yaml"
+    recipe_path.write_text(
+        "run: bar\n"
+        "teacher: {model: smollm2-135m-instruct, engine: vllm, max_model_len: 1024}\n"
+        "student: {model: smollm2-135m-instruct}\n"
+        "source: {task: arithmetic, n: 4, seed: 0}\n"
+        "stages: [{generate: {n: 1, max_tokens: 32}}]\n"
+    )
+    recipe = load_recipe(recipe_path)
+    started = []
+
+    def start_teacher(model_config):  # the session's engine stands in for the teacher's own start
+        started.append(model_config.model)
+        return vllm_engine
+
+    def second_engine(*args, **kwargs):
+        raise AssertionError("evaluate started an engine of its own for the teacher")
+
+    monkeypatch.setattr(engines, "load_teacher", start_teacher)
+    monkeypatch.setattr(evaluate, "make_engine", second_engine)
+    val = tmp_path / "validation"
+    source = SourceConfig(task="arithmetic", split="validation", n=6, seed=0)
+    prompts.run(prompts.Config(), None, val, context=RunContext(source=source))
+    logs = []
+    kept = LoopEngines(recipe, "smollm2-135m-instruct", LoopConfig(), 16, log=logs.append)
+    assert not kept.shares_teacher()  # the teacher has engine options of its own: it is a separate engine
+    shots = {
+        "system_template": "system/arithmetic_worked.jinja",
+        "shots_template": "shots/arithmetic_worked.jinja",
+    }
+    out = tmp_path / "teacher-validation.json"
+    acc = kept.teacher_accuracy(val, out, 32, shots)
+    assert kept.teacher() is vllm_engine and started == ["smollm2-135m-instruct"]
+    assert len(logs) == 1 and logs[0].startswith("[distill] loop: started the teacher engine (smollm2-135m")
+    result = json.loads(out.read_text())
+    assert result["pass@1"] == acc and result["problems"] == 6 and result["completion_tokens"] > 0
+    assert result["templates"] == shots and result["prompted_with"] == list(shots.values())
+    out.write_text(json.dumps({**result, "pass@1": 0.5}))  # measured once: the kept figure is read back
+    assert kept.teacher_accuracy(val, out, 32, shots) == 0.5
+    bare = {"system_template": None, "shots_template": None}  # other templates: measured again
+    assert kept.teacher_accuracy(val, out, 32, bare) == json.loads(out.read_text())["pass@1"]
+    assert json.loads(out.read_text())["templates"] == bare and started == ["smollm2-135m-instruct"]
