@@ -129,11 +129,10 @@ def run_loop_arm(
     summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
     best = summary["best"]
     round0 = folder / "run" / "loop" / "iter_0" / "train" / "adapter"
-    same = Path(best["adapter"]).resolve() == round0.resolve()  # the loop never beat round 0
     generate_dir = next((folder / "run").glob("[0-9][0-9]-generate"))
-    round0_out = folder / ("test.json" if same else "test-round0.json")
-    shared = round0_test(base_run.parent) if share_round0 and base_run is not None else None
-    if shared is not None and not round0_out.exists():
+    round0_out = round0_file(folder)
+    shared = round0_file(base_run.parent) if share_round0 and base_run is not None else None
+    if shared is not None and shared.exists() and not round0_out.exists():
         shutil.copy2(shared, round0_out)  # the same adapter bytes, scored greedily: the same figures
     return {
         "test": evaluate(recipe, best["adapter"], folder / "test.json", test_n),
@@ -156,16 +155,16 @@ def run_loop_arm(
     }
 
 
-def round0_test(folder: Path) -> Path | None:
-    """The test score of loop arm `folder`'s round-0 adapter, if it was scored (the arms that share round 0
-    copy it instead of scoring the same adapter again)."""
+def round0_file(folder: Path) -> Path | None:
+    """Where loop arm `folder` keeps its round-0 adapter's test score: `test.json` when the loop never beat
+    round 0 (the best adapter is round 0's), else `test-round0.json`. None before the loop has finished.
+    The arms that share round 0 copy this file instead of scoring the same adapter again."""
     summary = folder / "run" / "loop" / "summary.json"
     if not summary.exists():
         return None
     best = Path(json.loads(summary.read_text())["best"]["adapter"])
     same = best.resolve() == (folder / "run" / "loop" / "iter_0" / "train" / "adapter").resolve()
-    path = folder / ("test.json" if same else "test-round0.json")
-    return path if path.exists() else None
+    return folder / ("test.json" if same else "test-round0.json")
 
 
 def generate_pool(folder: Path, recipe: dict, n0: int, n: int) -> Path:
@@ -411,14 +410,11 @@ def report(out: Path, test_n: int, names: dict) -> None:
     if teacher:
         print(f"teacher, prompted as it wrote the data: {100 * teacher['pass@1']:.1f}%")
     files = {  # arm -> seed -> its test JSON
-        "loop round 0": {s: out / f"loop-s{s}" / "test-round0.json" for s in seeds},
+        "loop round 0": {s: round0_file(out / f"loop-s{s}") or out / "missing" for s in seeds},
         "single-pass": {s: out / f"single-s{s}" / "test.json" for s in seeds},
         "loop": {s: out / f"loop-s{s}" / "test.json" for s in seeds},
         "random": {s: out / f"random-s{s}" / "test.json" for s in seeds},
     }
-    for s, arms in seeds.items():  # a loop that never beat round 0 has one test file for both
-        if "loop" in arms and not files["loop round 0"][s].exists():
-            files["loop round 0"][s] = files["loop"][s]
     rows = []
     for arm in files:
         key = "loop" if arm == "loop round 0" else arm
