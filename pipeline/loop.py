@@ -127,7 +127,10 @@ class Loop:
         """Step train-data: a fresh adapter trains on everything so far; a warm start keeps training the best
         student on the new rows plus a replay sample of the old ones."""
         loop, rounds = self.loop, self.rounds_sft
-        settings = {"new_weight": loop.new_weight, "rounds": [len(folders) for folders in rounds]}
+        # Round 0 has no rows of a later round, so neither its table nor its identity depends on the weight:
+        # loops that differ only in `new_weight` share round 0 (and a weighted loop resumes an unweighted one).
+        weight = loop.new_weight if len(rounds) > 1 else 1
+        settings = {"new_weight": weight, "rounds": [len(folders) for folders in rounds]}
         if loop.warm_start and self.best is not None:
             older = [f for folders in rounds[:-1] for f in folders]
             settings |= {"warm_start": True, "replay": loop.replay, "seed": k}

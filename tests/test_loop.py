@@ -176,6 +176,16 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     for f in (again / "train-sft" / "adapter").iterdir():
         assert (again / "loop" / "iter_0" / "train" / "adapter" / f.name).read_bytes() == f.read_bytes()
     assert json.loads((again / "loop" / "summary.json").read_text())["history"][0]["step_s"]["train"] < 5
+    # new_weight weights rows of later rounds, so round 0 is the same step with any weight: a weighted loop
+    # resumes it (the experiment's weighting row shares round 0) instead of refusing its train-data
+    weighted = tmp_path / "weighted.yaml"
+    weighted.write_text(RECIPE.replace("per_prompt: 2,", "per_prompt: 2, new_weight: 2,"))
+    assert "new_weight: 2" in weighted.read_text()
+    data0 = again / "loop" / "iter_0" / "train-data" / "manifest.json"
+    built = data0.stat().st_mtime_ns
+    r = run_cli("loop", str(weighted), "--run-dir", str(again), "--iterations", "1", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert data0.stat().st_mtime_ns == built
     train_manifest = run_dir / "loop" / "iter_1" / "train" / "manifest.json"
     before = train_manifest.stat().st_mtime_ns
     r = run_cli("loop", str(recipe), "--run-dir", str(run_dir), timeout=600)
