@@ -163,7 +163,7 @@ def round0_file(folder: Path) -> Path | None:
     if not summary.exists():
         return None
     best = Path(json.loads(summary.read_text())["best"]["adapter"])
-    same = best.resolve() == (folder / "run" / "loop" / "iter_0" / "train" / "adapter").resolve()
+    same = best.parts[-4:] == ("loop", "iter_0", "train", "adapter")  # also where the loop was archived
     return folder / ("test.json" if same else "test-round0.json")
 
 
@@ -321,6 +321,14 @@ def main() -> None:
     )
     ap.add_argument("--report", action="store_true", help="only print the tables of what has finished")
     ap.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="copy what --report reads (scores, seed files, each loop's summary; a few hundred KB per seed) "
+        "to DIR, e.g. scripts/results/pgkd-quickstart: copied back into --out on another machine, "
+        "`--seeds 1 2` adds seeds to it and --report prints all of them",
+    )
+    ap.add_argument(
         "--pregenerate",
         type=int,
         metavar="N",
@@ -346,6 +354,9 @@ def main() -> None:
             generate_pool(
                 out / f"single-s{seed}", recipe_of(args.setting, n, seed, loop), n, args.pregenerate
             )
+        return
+    if args.archive:
+        print(f"copied {archive(out, args.archive)} files to {args.archive}")
         return
     if not args.report:
         run_arms(args, n, loop, out)
@@ -384,6 +395,18 @@ def run_arms(args: argparse.Namespace, n: int, loop: dict, out: Path) -> None:
                 settings = recipe_of(args.setting, n, seed, {**loop, **change})
                 result = run_loop_arm(folder, settings, args.test_n, base_run, share_round0=True)
                 save_ablation(out, name, result)
+
+
+def archive(out: Path, dest: Path) -> int:
+    """Copies the files `report` reads from experiment folder `out` to `dest`: the JSON files at the top
+    (base and teacher scores, seed-<s>.json, ablations.json), each arm's test scores and each loop's
+    summary. Not the run folders (data, adapters): an archived arm is reported, not resumed."""
+    wanted = [*out.glob("*.json"), *out.glob("*/test*.json"), *out.glob("*/run/loop/summary.json")]
+    for path in wanted:
+        target = dest / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return len(wanted)
 
 
 def save_ablation(out: Path, name: str, result: dict) -> None:
