@@ -356,6 +356,10 @@ def main() -> None:
             )
         return
     if args.archive:
+        if not any(out.glob("seed-*.json")):
+            ap.error(
+                f"--out {out} holds no finished seed (no seed-<s>.json); point --out at an experiment folder"
+            )
         print(f"copied {archive(out, args.archive)} files to {args.archive}")
         return
     if not args.report:
