@@ -23,10 +23,11 @@ A round is the named steps of `ROUND_STEPS`, one folder each under `runs/<run>/l
 train-dpo) and the tables the loop builds between them (train-data, to-answer, hard-prompts, hard-negatives:
 pipeline/loop_tables.py). The mining pools and the teacher's rewrites come from pipeline/loop_prompts.py.
 Every folder gets its manifest last, so a killed loop replays the finished steps from their manifests and
-resumes inside the step it was in. `loop/` also holds `validation/`, `mine-pool[-k]/`,
-`teacher-validation.json`, `iter_<k>/metrics.json` and `summary.json`. The generate, verify and export steps
-run their shards where the recipe's `executor:` (or --executor) says, as in `distill run`; the student's
-scoring and mining stay in this process, on the engine the loop keeps.
+resumes inside the step it was in. `loop/` also holds `validation/`, `mine-pool[-k]/` (with `mine_rephrased`:
+`mine-pool[-k]-rephrased[-answers|-verify|-checked]/`), `teacher-validation.json`, `iter_<k>/metrics.json`
+and `summary.json`. The generate, verify and export steps run their shards where the recipe's `executor:` (or
+--executor) says, as in `distill run`; the student's scoring and mining stay in this process, on the engine
+the loop keeps.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pipeline.loop_tables import (
     answer_set,
     hard_negative_pairs,
     short_prompts,
+    solved_prompts,
     table_step,
     training_table,
     warm_table,
@@ -241,7 +243,37 @@ class Loop:
         rewritten = pool.with_name(pool.name + "-rephrased")
         rephrased = self.rephrase(pool, rewritten, per_prompt=1, seed=1000 + k)
         self.tokens_used += rephrased["tokens"]["completion"]
-        return rewritten
+        return self.teacher_checked(rewritten, k) if rephrased["rows_out"] else rewritten
+
+    def teacher_checked(self, rewritten: Path, k: int) -> Path:
+        """The rewrites the teacher itself solves (greedy, prompted as it generates, its answer verified
+        against the source's reference), in `<rewritten>-checked`. A rewrite keeps the numbers but may change
+        the question ("8 books fly away" for 8 * 8, reference 64): mined unchecked, such a rewrite counts as
+        the student's failure and sends the loop after the rewriter's mistake. The dropped ones are in
+        `<rewritten>-verify/rejected/`, with the teacher's answer."""
+        from pipeline.stages import generate, verify
+        from pipeline.stages.verify_config import DedupConfig
+
+        answers, verified = (
+            rewritten.with_name(rewritten.name + "-answers"),
+            rewritten.with_name(rewritten.name + "-verify"),
+        )
+        config = recipe_stage_config(self.recipe, "generate")
+        config = dataclasses.replace(config, n=1, temperature=0.0, seed=_shift(config.seed, 2000 + k))
+        teacher = self.recipe.teachers[0]
+        context = dataclasses.replace(self.context, teachers=[teacher])
+        ready = {teacher.label: self.engines.teacher()}
+        gen = generate.run(config, rewritten, answers, context=context, engines=ready, **self.ship)
+        self.tokens_used += finished(gen, answers)["tokens"]["completion"]
+        # Correctness only: a recipe's `dedup: {over: prompt}` would drop rewrites for looking alike
+        verify_config = dataclasses.replace(
+            recipe_stage_config(self.recipe, "verify"), dedup=DedupConfig(exact=False, minhash_threshold=None)
+        )
+        finished(verify.run(verify_config, answers, verified, context=self.context, **self.ship), verified)
+        checked = rewritten.with_name(rewritten.name + "-checked")
+        build = lambda: solved_prompts(rewritten, verified)  # noqa: E731
+        table_step(checked, "teacher-checked", [rewritten, verified], {}, build)
+        return checked
 
     def rephrase(self, source: Path, out: Path, per_prompt: int, seed: int) -> dict:
         engine = self.engines.teacher()
@@ -253,7 +285,7 @@ class Loop:
 
         pool = self.mine_pool(k)
         if store.read_manifest(pool)["rows_out"] == 0:
-            return "the mining pool is empty (the teacher's rewrites of it were all refused)"
+            return "the mining pool is empty (the teacher refused or failed every rewrite of it)"
         engine = self.engines.student()
         mined = mine.run(self._mine_config(adapter), pool, it / "mine", context=self.context, engine=engine)
         metrics["hard_prompts"] = mined["rows_out"]

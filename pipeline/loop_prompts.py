@@ -3,9 +3,10 @@
 Each round mines the student on a fresh draw of the training split (`mine-pool`, `mine-pool-<k>`; user
 data: its own rows), so later rounds find failures on facts the earlier pools did not hold. With
 `mine_rephrased`, the teacher first rewrites the pool (`mine-pool[-k]-rephrased`), so the student is mined
-on wordings it was not trained on. `method: rephrase` rewrites the failed prompts the same way. A rewrite
-goes through the rephrase stage and its checks: same numbers, the source's reference, never an evaluation
-split (pipeline/stages/rephrase.py).
+on wordings it was not trained on; the loop keeps the rewrites the teacher itself then solves
+(`Loop.teacher_checked`). `method: rephrase` rewrites the failed prompts the same way. A rewrite goes through
+the rephrase stage and its checks: same numbers, the source's reference, never an evaluation split
+(pipeline/stages/rephrase.py).
 """
 
 from __future__ import annotations

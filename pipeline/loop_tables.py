@@ -132,3 +132,11 @@ def short_prompts(answer_dir: Path, verify_dir: Path, stop_at: int) -> pa.Table:
     prompts = store.load_table(answer_dir / "data")
     short = [i for i, rid in enumerate(prompts.column("id").to_pylist()) if counts.get(rid, 0) < stop_at]
     return prompts.take(pa.array(short, pa.int64()))
+
+
+def solved_prompts(prompts_dir: Path, verify_dir: Path) -> pa.Table:
+    """The prompts with at least one verified answer (the others' answers sit in verify_dir/rejected/)."""
+    solved = set(store.load_table(verify_dir / "data").column("id").to_pylist())
+    prompts = store.load_table(prompts_dir / "data")
+    keep = [i for i, rid in enumerate(prompts.column("id").to_pylist()) if rid in solved]
+    return prompts.take(pa.array(keep, pa.int64()))

@@ -503,7 +503,7 @@ loop: {iterations: 2, validation_n: 4, mine_n: 16, max_steps: 2, per_prompt: 2, 
 def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
     """`mine_rephrased`: the student is mined on the Qwen teacher's rewrites of the pool; `method: rephrase`:
     the new prompts are the teacher's rewrites of each failed prompt. Both keep the numbers and the
-    reference, and their tokens count against the budget."""
+    reference; a mined rewrite is one the teacher solves; all their tokens count against the budget."""
     from pipeline.stages.rephrase import numbers
 
     recipe = tmp_path / "loop.yaml"
@@ -525,8 +525,15 @@ def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
         original = source[json.loads(row["meta"])["rephrased_from"]]
         assert row["id"] not in source and row["reference"] == original["reference"]
         assert numbers(row["prompt"]) == numbers(original["prompt"])
+    # Mined only on the rewrites the teacher itself solves: a rewrite may keep the numbers and change the
+    # question, and the student's right answer to it would count as a failure.
+    checked = rows(loop_dir / "mine-pool-rephrased-checked")
+    teacher_right = {r["id"] for r in rows(loop_dir / "mine-pool-rephrased-verify").values()}
+    assert set(checked) == teacher_right and set(checked) <= set(pool)
+    answers = manifest(loop_dir / "mine-pool-rephrased-answers")
+    assert answers["config"]["temperature"] == 0.0 and answers["rows_in"] == len(pool)
     mined = rows(loop_dir / "iter_0" / "mine")
-    assert mined and set(mined) <= set(pool)  # the student was mined on the rewrites
+    assert mined and set(mined) <= set(checked)  # the student was mined on the checked rewrites
     regen = manifest(loop_dir / "iter_0" / "regenerate")
     assert regen["stage"] == "rephrase" and regen["rows_in"] == len(mined)
     assert regen["config"]["per_prompt"] == 2 and regen["config"]["keep_source"] is False
@@ -535,6 +542,7 @@ def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
     spent = [
         manifest(run_dir / "01-generate"),
         manifest(loop_dir / "mine-pool-rephrased"),
+        answers,
         manifest(loop_dir / "iter_0" / "regenerate"),
     ]
     if (loop_dir / "iter_0" / "generate" / "manifest.json").exists():
