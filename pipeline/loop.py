@@ -251,7 +251,6 @@ class Loop:
         the question ("8 books fly away" for 8 * 8, reference 64): mined unchecked, such a rewrite counts as
         the student's failure and sends the loop after the rewriter's mistake. The dropped ones are in
         `<rewritten>-verify/rejected/`, with the teacher's answer."""
-        from pipeline.stages import generate, verify
         from pipeline.stages.verify_config import DedupConfig
 
         answers, verified = (
@@ -260,16 +259,14 @@ class Loop:
         )
         config = recipe_stage_config(self.recipe, "generate")
         config = dataclasses.replace(config, n=1, temperature=0.0, seed=_shift(config.seed, 2000 + k))
-        teacher = self.recipe.teachers[0]
-        context = dataclasses.replace(self.context, teachers=[teacher])
-        ready = {teacher.label: self.engines.teacher()}
-        gen = generate.run(config, rewritten, answers, context=context, engines=ready, **self.ship)
-        self.tokens_used += finished(gen, answers)["tokens"]["completion"]
         # Correctness only: a recipe's `dedup: {over: prompt}` would drop rewrites for looking alike
         verify_config = dataclasses.replace(
             recipe_stage_config(self.recipe, "verify"), dedup=DedupConfig(exact=False, minhash_threshold=None)
         )
-        finished(verify.run(verify_config, answers, verified, context=self.context, **self.ship), verified)
+        teacher = self.recipe.teachers[0]
+        self.answer_and_verify(
+            config, verify_config, teacher, self.engines.teacher(), rewritten, answers, verified
+        )
         checked = rewritten.with_name(rewritten.name + "-checked")
         build = lambda: solved_prompts(rewritten, verified)  # noqa: E731
         table_step(checked, "teacher-checked", [rewritten, verified], {}, build)
@@ -328,8 +325,6 @@ class Loop:
     def answer(self, it: Path, k: int, answer_dir: Path, metrics: dict) -> list[Path]:
         """Steps generate, verify, then hard-prompts, generate-more, verify-more: the generator answers the
         prompts, and those with fewer than `stop_at` verified answers get up to `hard_samples` in all."""
-        from pipeline.stages import generate, verify
-
         loop, gen_config = self.loop, recipe_stage_config(self.recipe, "generate")
         if self.teacher_acc is not None and self.best["val_accuracy"] > self.teacher_acc:
             # The best student so far answers (self-imitation), its adapter applied per request.
@@ -344,16 +339,13 @@ class Loop:
         else:
             generator, engine = self.recipe.teachers[0], self.engines.teacher()
             metrics["generator"] = "teacher"
-        context = dataclasses.replace(self.context, teachers=[generator])
-        ready = {generator.label: engine} if engine is not None else None
         verify_config = recipe_stage_config(self.recipe, "verify")
         self.log(f"[distill] loop {k}: {metrics['generator']} answers the new prompts")
 
         def answer_with(config, prompts: Path, name: str, verified: str) -> None:
-            gen = generate.run(config, prompts, it / name, context=context, engines=ready, **self.ship)
-            self.tokens_used += finished(gen, it / name)["tokens"]["completion"]
-            checked = verify.run(verify_config, it / name, it / verified, context=self.context, **self.ship)
-            finished(checked, it / verified)
+            self.answer_and_verify(
+                config, verify_config, generator, engine, prompts, it / name, it / verified
+            )
 
         gen_cfg = dataclasses.replace(gen_config, seed=_shift(gen_config.seed, 1000 * (k + 1)))
         answer_with(gen_cfg, answer_dir, "generate", "verify")
@@ -367,6 +359,26 @@ class Loop:
                 answer_with(more_cfg, it / "hard-prompts", "generate-more", "verify-more")
                 verified.append(it / "verify-more")
         return verified
+
+    def answer_and_verify(
+        self,
+        config,
+        verify_config,
+        generator: ModelConfig,
+        engine,
+        prompts: Path,
+        answers: Path,
+        verified: Path,
+    ) -> None:
+        """`generator` (on `engine`, if already started) answers `prompts` into `answers`, its completion
+        tokens counted against the budget, and the answers are verified into `verified`."""
+        from pipeline.stages import generate, verify
+
+        context = dataclasses.replace(self.context, teachers=[generator])
+        ready = {generator.label: engine} if engine is not None else None
+        gen = generate.run(config, prompts, answers, context=context, engines=ready, **self.ship)
+        self.tokens_used += finished(gen, answers)["tokens"]["completion"]
+        finished(verify.run(verify_config, answers, verified, context=self.context, **self.ship), verified)
 
     def hard_negatives(self, it: Path, verified: list[Path], metrics: dict) -> None:
         """Step hard-negatives: DPO pairs of each mined prompt's verified answer and the student's failing one
