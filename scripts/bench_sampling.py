@@ -5,11 +5,14 @@ noise; on a CPU, with Qwen's 151,936-token vocabulary, it is a large part of eac
 stage on one vLLM engine (start-up excluded) with the same prompts, seeds and settings except top_p, in
 alternating order, and reports tokens/s per setting, the ratio against the reference (top_p 0.95, what the
 recipes used), and the yield: answers the math verifier accepts, and distinct accepted answers per prompt
-(the data a run keeps). The prompts are the harder setting's (two operations, two-digit operands) with the
-recipe's worked two-step examples, the loop's teacher workload.
+(the data a run keeps). `--setting hard` (the default) takes the harder setting's prompts (two operations,
+two-digit operands) with its worked two-step examples, 4 samples of up to 160 tokens, the loop's teacher
+workload there; `--setting quickstart` takes the quickstart's (one operation, single digits) with its worked
+one-step examples, 1 sample of up to 96 tokens, as `scripts/recipes/quickstart.yaml` generates.
 
     .venv/bin/python scripts/bench_sampling.py                      # Qwen teacher, 60 prompts x 4 samples
     .venv/bin/python scripts/bench_sampling.py --top-p 0.95 1.0 --prompts 60 --repeats 3
+    .venv/bin/python scripts/bench_sampling.py --setting quickstart --prompts 240 --repeats 3
 """
 
 from __future__ import annotations
@@ -26,16 +29,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+# setting -> the task's source options, the teacher's examples, samples per prompt and answer tokens
+SETTINGS = {
+    "hard": ({"ops": 2, "digits": 2, "mul_digits": 1}, "shots/arithmetic_steps.jinja", 4, 160),
+    "quickstart": ({}, "shots/arithmetic_worked.jinja", 1, 96),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    p.add_argument("--prompts", type=int, default=60, help="harder-setting training prompts")
-    p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--setting", choices=SETTINGS, default="hard", help="whose prompts and examples")
+    p.add_argument("--prompts", type=int, default=60, help="training prompts of the setting")
+    p.add_argument("--n", type=int, help="samples per prompt (default: the setting's, 4 or 1)")
+    p.add_argument("--max-tokens", type=int, help="answer tokens (default: the setting's, 160 or 96)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, nargs="+", default=[0.95, 1.0], help="the first is the reference")
     p.add_argument("--repeats", type=int, default=2, help="rounds; the order alternates between rounds")
     args = p.parse_args()
+    source, shots, n, max_tokens = SETTINGS[args.setting]
+    args.n, args.max_tokens = args.n or n, args.max_tokens or max_tokens
 
     from pipeline import store
     from pipeline.engines.vllm import VLLMEngine
@@ -46,7 +59,7 @@ def main() -> None:
     from pipeline.verifiers.math import MathVerifier
 
     work = Path(tempfile.mkdtemp(prefix="bench-sampling-"))
-    rows = load_task("arithmetic", split="train", n=args.prompts, ops=2, digits=2, mul_digits=1)
+    rows = load_task("arithmetic", split="train", n=args.prompts, **source)
     inp = work / "prompts.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     reference = {r["id"]: r["reference"] for r in rows}
@@ -66,7 +79,7 @@ def main() -> None:
                 max_tokens=args.max_tokens,
                 seed=round_,
                 system_template="system/arithmetic_worked.jinja",
-                shots_template="shots/arithmetic_steps.jinja",
+                shots_template=shots,
             )
             out = work / f"r{round_}-p{top_p}"
             shutil.rmtree(out, ignore_errors=True)
