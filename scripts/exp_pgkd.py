@@ -270,13 +270,18 @@ def run_single_pass(folder: Path, recipe: dict, tokens: int, base_run: Path, n0:
     }
 
 
-def ablations(recipe: dict) -> dict[str, dict]:
-    """One lever switched off per row (weighting is off by default, so its row switches it on)."""
+def ablations(recipe: dict) -> dict[str, dict | None]:
+    """One lever switched off per row; the levers the recipe has off (weighting; adaptive effort in the
+    quickstart) are switched on. A row runs in ablation-<its index here>-s<seed>, so rows are only appended;
+    a row the recipe makes moot is None (skipped)."""
     n = stage(recipe, "generate").get("n", 4)
+    adaptive = recipe.get("loop", {}).get("hard_samples", 8) > n
     return {
         "loop (all levers)": {},
         "- targeted regeneration (same structure, new numbers)": {"method": "task"},
-        f"- adaptive effort (the generate stage's {n} sample(s) only)": {"hard_samples": n},
+        f"- adaptive effort (the generate stage's {n} sample(s) only)": {"hard_samples": n}
+        if adaptive
+        else None,
         "- student as generator (teacher only)": {"generator": "teacher"},
         "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
         "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
@@ -285,6 +290,9 @@ def ablations(recipe: dict) -> dict[str, dict]:
             "method": "rephrase",
             "mine_rephrased": True,
         },
+        "+ adaptive effort (up to 8 samples per new prompt, until 2 verify)": None
+        if adaptive
+        else {"hard_samples": 8},
     }
 
 
@@ -538,10 +546,12 @@ def step_table(seeds: dict) -> None:
 
 
 def ablation_table(out: Path, names: dict, seed: int) -> None:
-    print("\nAblations (one seed): one lever switched off per row (weighting, off by default, switched on)")
+    print("\nAblations (one seed): one lever switched off per row (one the recipe has off, switched on)")
     done = json.loads((out / "ablations.json").read_text())
     rows = []
     for i, name in enumerate(names):
+        if names[name] is None:
+            continue
         if name not in done:
             rows.append([name, "not run", "", "", "", ""])
             continue
