@@ -48,7 +48,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="rounds; the order alternates between rounds")
     args = p.parse_args()
     source, shots, n, max_tokens = SETTINGS[args.setting]
-    args.n, args.max_tokens = args.n or n, args.max_tokens or max_tokens
+    args.n = n if args.n is None else args.n
+    args.max_tokens = max_tokens if args.max_tokens is None else args.max_tokens
 
     from pipeline import store
     from pipeline.engines.vllm import VLLMEngine

@@ -39,6 +39,7 @@ import yaml
 from experiments import QWEN, REPO, SMOL, distill, mean_sd, paired, score, table
 
 from pipeline.loop import ROUND_STEPS
+from pipeline.loop_config import LoopConfig
 
 SETTINGS = ("quickstart", "hard")
 DIFFICULTY = ("ops", "digits", "operators", "mul_digits")  # source keys `distill eval` takes as flags
@@ -275,7 +276,8 @@ def ablations(recipe: dict) -> dict[str, dict | None]:
     quickstart) are switched on. A row runs in ablation-<its index here>-s<seed>, so rows are only appended;
     a row the recipe makes moot is None (skipped)."""
     n = stage(recipe, "generate").get("n", 4)
-    adaptive = recipe.get("loop", {}).get("hard_samples", 8) > n
+    most = LoopConfig().hard_samples  # the library default
+    adaptive = recipe.get("loop", {}).get("hard_samples", most) > n
     return {
         "loop (all levers)": {},
         "- targeted regeneration (same structure, new numbers)": {"method": "task"},
@@ -290,9 +292,9 @@ def ablations(recipe: dict) -> dict[str, dict | None]:
             "method": "rephrase",
             "mine_rephrased": True,
         },
-        "+ adaptive effort (up to 8 samples per new prompt, until 2 verify)": None
+        f"+ adaptive effort (up to {most} samples per new prompt, until 2 verify)": None
         if adaptive
-        else {"hard_samples": 8},
+        else {"hard_samples": most},
     }
 
 
