@@ -129,7 +129,7 @@ def test_merge_mode_serves_each_adapter_from_a_merged_copy(vllm_engine, embedded
     """On a CPU the default: the engine starts on a merged copy of the adapter, restarts on the base model for
     the batch's other group, answers in request order, and removes its merged copies when closed."""
     from pipeline.engines.hf import HFEngine
-    from pipeline.engines.vllm import VLLMEngine
+    from pipeline.engines.vllm import CPU_BLOCK_SIZE, VLLMEngine, _on_gpu
 
     adapter = _random_adapter(model_path, tmp_path / "lora", seed=0)
     questions = ["What is 3 + 5?", "Name a colour.", "What is the capital of France?"]
@@ -144,11 +144,17 @@ def test_merge_mode_serves_each_adapter_from_a_merged_copy(vllm_engine, embedded
         assert merged and engine._serving is not None
         results = engine.generate(reqs)
         assert engine._serving is None and not Path(merged).exists()  # the base group ran second
+        # On a CPU the engine asks for 32-token KV blocks (vLLM's default there: 128), so these short prompts
+        # now share cached blocks; answers computed on cached blocks are the cold ones.
+        if not _on_gpu():
+            assert engine.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE
+        warm = [r.samples[0].text for r in engine.generate(reqs[0::2])]
     finally:
         engine.close()
     assert [r.id for r in results] == [r.id for r in reqs]
     lora = [r.samples[0].text for r in results[1::2]]
     base = [r.samples[0].text for r in results[0::2]]
+    assert warm == base
     assert base == [r.samples[0].text for r in vllm_engine.generate(reqs[0::2])]
     peft = HFEngine(embedded, adapter=adapter, batch_size=4)
     try:

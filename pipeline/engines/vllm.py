@@ -37,6 +37,14 @@ from pipeline.models import ResolvedModel
 # chunking rarer: 256 prompts of ~70 tokens still crashed. Turning chunked prefill off removes the code
 # path; the budget must then hold the longest prompt, and a large one keeps prefill batches big.
 CPU_MAX_NUM_BATCHED_TOKENS = 8192
+# vLLM's prefix cache reuses the start every request of a stage shares (system prompt and worked examples),
+# in whole KV blocks; its CPU default block is 128 tokens. The rephrase stage's requests share their first 291
+# Qwen tokens: 256 reused at 128, 288 at 32, and the 35 recomputed per request were a third of the stage's time
+# on 2 cores (scripts/bench_kv_block.py: 32-token blocks 1.56x the tokens/s, the same outputs). vLLM's CPU
+# attention prefers multiples of 32. Not with per-request LoRA (lora_mode "vllm", opt-in on a CPU): there, at
+# 32, the session engine of tests/test_engine_vllm.py once gave a base request a wrong greedy answer after
+# LoRA requests (not reproduced alone), so that mode keeps vLLM's default.
+CPU_BLOCK_SIZE = 32
 
 
 def _on_gpu() -> bool:
@@ -106,6 +114,8 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if enable_prefix_caching is not None:
             kwargs["enable_prefix_caching"] = enable_prefix_caching
+        if not gpu and "block_size" not in extra and self.lora_mode != "vllm":
+            kwargs["block_size"] = CPU_BLOCK_SIZE
         if not gpu and "enable_chunked_prefill" not in extra:
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(
