@@ -20,7 +20,7 @@ import re
 from itertools import pairwise
 from pathlib import Path
 
-from exp_pgkd import SETTINGS, evaluate, recipe_of, stage, write_recipe
+from exp_pgkd import SETTINGS, evaluate, evaluate_teacher, recipe_of, stage, write_recipe
 from experiments import REPO, distill, paired, table, train
 
 from pipeline import store
@@ -76,14 +76,29 @@ def main() -> None:
     ap.add_argument(
         "--lrs", type=rate, nargs="+", default=["4e-4"], help="learning rates; the first trains every size"
     )
+    ap.add_argument(
+        "--shots-template",
+        help="the generate stage's few-shot template instead of the recipe's (e.g. shots/arithmetic_digits.jinja)",
+    )
+    ap.add_argument(
+        "--teacher", action="store_true", help="also score the teacher, prompted as it wrote the data"
+    )
     ap.add_argument("--test-n", type=int, default=100, help="test problems per held-out wording family")
     ap.add_argument("--out", type=Path, help="default: runs/exp_data_curve/<setting>-s<seed>")
     args = ap.parse_args()
     if min(args.sizes) < 1:
         ap.error("--sizes: prompt counts start at 1")
-    out = args.out or REPO / "runs" / "exp_data_curve" / f"{args.setting}-s{args.seed}"
+    shots = Path(args.shots_template).stem if args.shots_template else None
+    out = (
+        args.out
+        or REPO / "runs" / "exp_data_curve" / f"{args.setting}-s{args.seed}{f'-{shots}' if shots else ''}"
+    )
     sizes = sorted(set(args.sizes))
     recipe = recipe_of(args.setting, sizes[-1], args.seed, {}, run="run")
+    if args.shots_template:
+        if not (REPO / "prompts" / args.shots_template).is_file():
+            ap.error(f"--shots-template: no prompts/{args.shots_template}; name a file under prompts/")
+        stage(recipe, "generate")["shots_template"] = args.shots_template
     run = out / "run"
     distill("run", str(write_recipe(out, recipe)), "--run-dir", str(run))
     epochs = recipe["loop"].get("epochs", 2.0)
@@ -109,6 +124,9 @@ def main() -> None:
                      f"{slips} of {len(failed)}",
                      "" if test is top else f"{won} won / {lost} lost, p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"])  # fmt: skip
     print(f"\n{args.setting}, seed {args.seed}; generate stage: {json.dumps(stage(recipe, 'generate'))}")
+    if args.teacher:
+        teacher = evaluate_teacher(recipe, out / "teacher-test.json", args.test_n)
+        print(f"the teacher, prompted as it wrote the data: {100 * teacher:.1f}% on the test")
     print(table(["prompts", "verified rows", "teacher tokens", "learning rate", "train s", "test %",
                  "heldout / wide", "failures with a wrong step", f"paired with {sizes[-1]} prompts at {args.lrs[0]}"], body))  # fmt: skip
     print()
