@@ -132,6 +132,39 @@ def test_options_limit_and_system_prompt(verify_dir, tmp_path):
     assert manifest["skipped"] == {"undecided": 1, "over_max_per_prompt": 2}
 
 
+def test_place_value_spells_out_sft_and_dpo_answers_not_kd(tmp_path):
+    d = tmp_path / "02-verify"
+    right = "First 44 + 86 = 130. Then 130 - 18 = 112.\nAnswer: 112"
+    wrong = "First 44 + 86 = 120. Then 120 - 18 = 102.\nAnswer: 102"
+    store.save_table(
+        pa.Table.from_pylist(
+            [_row("a", 0, right, True), _row("b", 0, "Answer: 4", True)], schema=VERDICT_SCHEMA
+        ),
+        d / "data",
+    )
+    schema = VERDICT_SCHEMA.append(pa.field("reject_reason", pa.string()))
+    store.save_table(
+        pa.Table.from_pylist([{**_row("a", 1, wrong, False), "reject_reason": "failed"}], schema=schema),
+        d / "rejected",
+    )
+    (d / "manifest.json").write_text(json.dumps({"stage": "verify", "fingerprint": "f" * 64}))
+    manifest = export.run(export.Config(formats=["sft", "dpo", "kd"], place_value=True), d, tmp_path / "out")
+    spelled = "First 44 + 86 = 44 + 80 + 6 = 124 + 6 = 130. Then 130 - 18 = 130 - 10 - 8 = 120 - 8 = 112.\nAnswer: 112"
+    sft = {
+        r["id"]: r["messages"][-1]["content"] for r in load_from_disk(str(tmp_path / "out" / "data" / "sft"))
+    }
+    assert sft == {"a": spelled, "b": "Answer: 4"}
+    (pair,) = load_from_disk(str(tmp_path / "out" / "data" / "dpo"))
+    # the rejected answer keeps its wrong equation as written and has its right one spelled out
+    assert pair["chosen"][0]["content"] == spelled
+    assert pair["rejected"][0]["content"] == (
+        "First 44 + 86 = 120. Then 120 - 18 = 120 - 10 - 8 = 110 - 8 = 102.\nAnswer: 102"
+    )
+    kd = load_from_disk(str(tmp_path / "out" / "data" / "kd"))
+    assert kd[0]["completion"][0]["content"] == right  # the teacher's logprobs are for its own tokens
+    assert manifest["place_value_rows"] == 1
+
+
 def test_resume_skips_and_changed_config_refuses(verify_dir, tmp_path):
     out = tmp_path / "exp"
     first = export.run(export.Config(formats=["sft"]), verify_dir, out)

@@ -134,3 +134,93 @@ def test_works_off_the_main_thread(verifier):
             pool.map(lambda c: verifier.check([{"completion": c, "reference": "4"}])[0], ["4", "5"])
         )
     assert [v.passed for v in verdicts] == [True, False]
+
+
+# Written working: equations whose sides differ, and text that only looks like an equation.
+WRONG_STEPS = [  # (completion, reference, the wrong step)
+    ("First 44 + 86 = 120. Then 120 + 10 = 130.\nAnswer: 130", "130", "44 + 86 = 120"),
+    ("First 45 * 4 = 180 + 32 = 212.\nAnswer: 212", "212", "45 * 4 = 180 + 32 = 212"),  # a running total
+    ("46 - 92 = -36, so\nAnswer: -36", "-36", "46 - 92 = -36"),
+    ("6 - 4 = 2 + 2 = 4, which is the answer.", "4", "6 - 4 = 2 + 2 = 4"),
+    ("5 + 3 = 8, 1 + 1 = 3, so 8 - 5 = 3", "3", "1 + 1 = 3"),
+]
+NOT_EQUATIONS = [
+    "3/4 = 0.75",
+    "(65 + 93) * 5 = 790",
+    "1,000 + 2 = 1,002",
+    "2^3 = 8",
+    "50% * 20 = 10",
+    "x = 5 + 1",
+    "3 x 4 = 13",
+    "0.5 + 0.25 = 0.75",
+    "x2 + 3 = 6",
+    "3:2 = 6:4",
+    "4 \u00f7 2 = 3",
+    "63 bags = 63 * 4 = 242",
+    "4 apples plus 3 = 7 apples",  # the sum is written in words: its left side is not all there
+    "8 multiplied by 4 = 33",
+    "the sum of 3 and 4 = 8",  # the left side is not a number: not checked (nor read as 63 * 4 = 242)
+]
+
+
+@pytest.mark.parametrize(("completion", "reference", "step"), WRONG_STEPS)
+def test_a_wrong_step_fails_a_right_answer_when_steps_are_checked(completion, reference, step):
+    from pipeline.verifiers.equations import wrong_equation
+
+    assert wrong_equation(completion) == step
+    plain, checked = build_verifier("math"), build_verifier("math", check_steps=True)
+    (a,), (b,) = (
+        plain.check([{"completion": completion, "reference": reference}]),
+        checked.check([{"completion": completion, "reference": reference}]),
+    )
+    assert a.passed is True, a  # the answer alone is right ...
+    assert (b.passed, b.reason) == (False, f"wrong: step {step}")  # ... its working is not
+
+
+@pytest.mark.parametrize("text", NOT_EQUATIONS)
+def test_text_that_only_looks_like_an_equation_is_not_checked(text):
+    from pipeline.verifiers.equations import chains, wrong_equation
+
+    assert wrong_equation(text) is None
+    assert chains(text) == [] or text.startswith("63 bags")
+
+
+def test_right_working_passes_with_steps_checked():
+    checked = build_verifier("math", check_steps=True)
+    rows = [
+        {
+            "completion": "First 17 * 6 = 10 * 6 + 7 * 6 = 60 + 42 = 102. Then 102 - 5 = 97.\nAnswer: 97",
+            "reference": "97",
+        },
+        {"completion": "-10 - 13 = -23, and -23 * -2 = 46.\nAnswer: 46", "reference": "46"},
+        {"completion": "1. 2 + 3 * 4 = 14\n2. 14 - 1 = 13\nAnswer: 13", "reference": "13"},
+    ]
+    assert [v.passed for v in checked.check(rows)] == [True, True, True]
+
+
+def test_place_value_steps_are_right_and_keep_the_result():
+    import random
+
+    from pipeline.verifiers.equations import chains, place_value, wrong_equation
+
+    text = (
+        "First 44 + 86 = 130. Then 130 - 18 = 112. So 17 * 6 = 102 and 45 - 48 = -3; 7 + 8 = 15.\nAnswer: 112"
+    )
+    assert place_value(text) == (
+        "First 44 + 86 = 44 + 80 + 6 = 124 + 6 = 130. Then 130 - 18 = 130 - 10 - 8 = 120 - 8 = 112. "
+        "So 17 * 6 = 10 * 6 + 7 * 6 = 60 + 42 = 102 and 45 - 48 = 45 - 40 - 8 = 5 - 8 = -3; 7 + 8 = 15.\n"
+        "Answer: 112"
+    )
+    assert place_value("44 + 86 = 120.") == "44 + 86 = 120."  # a wrong equation is left as written
+    rng = random.Random(0)
+    for _ in range(2000):
+        a, b = rng.randint(-999, 999), rng.randint(-99, 99)
+        op = rng.choice("+-*")
+        c = a + b if op == "+" else a - b if op == "-" else a * b
+        spelled = place_value(f"So {a} {op} {b} = {c}.")
+        (chain,) = chains(spelled)
+        assert (
+            wrong_equation(spelled) is None
+            and chain.startswith(f"{a} {op} {b} = ")
+            and chain.endswith(f" {c}")
+        )

@@ -183,6 +183,27 @@ def test_near_duplicate_prompts(tmp_path):
     assert manifest["rejected_by_reason"] == {"near_duplicate_prompt": 1}
 
 
+def test_a_right_answer_with_a_wrong_step_is_rejected_unless_steps_are_off(tmp_path):
+    rows = _gen(
+        "a",
+        "What is 44 + 86 - 18?",
+        "112",
+        [
+            "First 44 + 86 = 120. Then 120 - 18 = 112.\nAnswer: 112",
+            "First 44 + 86 = 130. Then 130 - 18 = 112.\nAnswer: 112",
+        ],
+    )
+    gens = tmp_path / "g.jsonl"
+    gens.write_text("\n".join(json.dumps(r) for r in rows))
+    manifest = verify.run(_config(), gens, tmp_path / "v", context=RunContext())
+    data, rejected, _ = _read(tmp_path / "v")
+    assert [r["sample_index"] for r in data] == [1]
+    assert manifest["rejected_by_reason"] == {"wrong_step": 1}
+    assert rejected[0]["reason"] == "wrong: step 44 + 86 = 120" and rejected[0]["passed"] is False
+    loose = verify.run(_config(math={"check_steps": False}), gens, tmp_path / "v2", context=RunContext())
+    assert loose["rows_out"] == 2
+
+
 def _no_sandbox() -> str | None:
     from pipeline.verifiers.sandbox import check_available
 

@@ -27,6 +27,9 @@ from pipeline.verifiers import Verdict
 
 Result = tuple[bool, str | None]  # (keep, reason); the reason is None when kept
 REWARD_HACK = "reward_hack: "
+WRONG_STEP = (
+    "wrong: step "  # the math verifier's reason for a right answer with a wrong equation in its working
+)
 
 
 @dataclass
@@ -134,7 +137,8 @@ class PromptDedup:
 class Verify:
     """One verifier over the alive rows: kept when it passes, else the reason its verdict gives.
 
-    ``failed`` (passed is False), ``unparseable`` / ``unparseable_judgement`` (nothing to read),
+    ``failed`` (passed is False), ``wrong_step`` (a right answer whose working has a wrong equation),
+    ``unparseable`` / ``unparseable_judgement`` (nothing to read),
     ``reward_hack: <kind>`` (the answer games the checker, e.g. ``reward_hack: non_plain_return``; counted
     apart from plain failures), and ``unverified`` for any other undecided verdict."""
 
@@ -159,7 +163,7 @@ def reject_reason(v: Verdict) -> str:
         kind = reason[len(REWARD_HACK) :].split(":", 1)[0].strip()
         return REWARD_HACK + (kind or "unknown")
     if v.passed is False:
-        return "failed"
+        return "wrong_step" if reason.startswith(WRONG_STEP) else "failed"
     kind = reason.split(":", 1)[0]
     return kind if kind in ("unparseable", "unparseable_judgement") else "unverified"
 

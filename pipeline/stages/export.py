@@ -13,6 +13,9 @@ TRL's trainers take directly. Rows that are not exported are counted by reason i
 (``skipped``): ``not_passed``, ``undecided``, ``special_token`` (a teacher's chat markup in the answer),
 ``truncated``, ``no_topk``, ``over_max_per_prompt`` (with ``keep`` deciding which answers stay).
 
+``place_value: true`` spells out the arithmetic of the sft and dpo answers one digit at a time
+(``pipeline/verifiers/equations.py``; the manifest counts the answers it changed in ``place_value_rows``).
+
     distill export --input runs/demo/02-verify --output runs/demo/03-export --formats sft dpo kd
 """
 
@@ -29,6 +32,7 @@ from pipeline import store
 from pipeline.errors import UserError
 from pipeline.rows import MESSAGES, messages_of
 from pipeline.stages import Stage, input_ref
+from pipeline.verifiers import equations
 
 STAGE = "export"
 VERSION = "1"
@@ -83,6 +87,14 @@ class Config:
             "help": "which verified answers to keep when `max_per_prompt` caps them: first (sample order), "
             "shortest, or student_likelihood (the ones the recipe's student finds most likely: its mean "
             "log-probability per token, in its own chat template)"
+        },
+    )
+    place_value: bool = field(
+        default=False,
+        metadata={
+            "help": "sft and dpo: write each right two-term equation of an answer as place-value steps "
+            "(44 + 86 = 44 + 80 + 6 = 124 + 6 = 130), so a small student adds one digit at a time; kd keeps "
+            "the teacher's text, which its logprobs are for"
         },
     )
     drop_truncated: bool = field(
@@ -187,7 +199,7 @@ class ExportStage(Stage):
                 {
                     "id": r["id"],
                     "sample_index": r.get("sample_index") or 0,
-                    "messages": _prompt(r, config.include_system) + _answer(r),
+                    "messages": _prompt(r, config.include_system) + _answer(r, config.place_value),
                 }
                 for r in verified
             ]
@@ -220,6 +232,11 @@ class ExportStage(Stage):
         out = {fmt: pa.Table.from_pylist(records, schema=SCHEMAS[fmt]) for fmt, records in tables.items()}
         stats = {
             "rows_in": len(rows) + len(failing),
+            "place_value_rows": sum(
+                equations.place_value(r["completion"]) != r["completion"]
+                for r in verified
+                if config.place_value
+            ),
             "rows_by_format": {fmt: len(records) for fmt, records in tables.items()},
             "skipped": dict(skipped),
             "tokens": {"prompt": 0, "completion": sum(r.get("completion_tokens") or 0 for r in verified)},
@@ -250,6 +267,11 @@ class ExportStage(Stage):
             "rows_in": sum(s.get("rows_in", 0) for s in shard_stats),
             "rows_out": counts.get("sft", sum(counts.values())),
             "rows_by_format": counts,
+            **(
+                {"place_value_rows": sum(s.get("place_value_rows", 0) for s in shard_stats)}
+                if self.config.place_value
+                else {}
+            ),
             "formats": {fmt: f"data/{fmt}" for fmt in counts},
             "skipped": skipped,
             "tokens_per_s": 0.0,
@@ -265,8 +287,9 @@ def _prompt(row: dict, include_system: bool = False) -> list[dict]:
     return out
 
 
-def _answer(row: dict) -> list[dict]:
-    return [{"role": "assistant", "content": row["completion"]}]
+def _answer(row: dict, place_value: bool = False) -> list[dict]:
+    text = row["completion"]
+    return [{"role": "assistant", "content": equations.place_value(text) if place_value else text}]
 
 
 def _verified(
@@ -323,8 +346,8 @@ def _pairs(verified: list[dict], all_rows: list[dict], config: Config, skipped: 
                 {
                     "id": pid,
                     "prompt": _prompt(g, config.include_system),
-                    "chosen": _answer(g),
-                    "rejected": _answer(b),
+                    "chosen": _answer(g, config.place_value),
+                    "rejected": _answer(b, config.place_value),
                 }
             )
     return pairs

@@ -10,6 +10,8 @@ columns plus ``passed`` (bool, null = undecided), ``score``, ``verifier``, ``rea
 - ``near_duplicate_prompt``: the prompt is a near-duplicate of an earlier prompt (``dedup.over: prompt|both``);
 - ``failed`` / ``unparseable`` / ``unparseable_judgement`` / ``unverified``: the verifiers said no / found no
   answer to read / could not read the judge's verdict / could not decide (no tests, sandbox or engine error);
+  the math verifier also fails a right answer whose working writes a wrong equation (``math: {check_steps:
+  true}``, the default): ``wrong_step``, with the reason ``wrong: step 44 + 86 = 120``;
 - ``reward_hack: <kind>``: the verdict's reason starts with ``reward_hack: `` (e.g. the code verifier's
   ``reward_hack: non_plain_return``): the answer games the checker; counted apart from ``failed``;
 - ``exact_duplicate`` / ``near_duplicate``: the completion repeats another accepted one of the same prompt;
@@ -57,7 +59,7 @@ from pipeline.stages.verify_config import (  # noqa: F401  (re-exported: verify.
 from pipeline.verifiers import Verdict, build_verifier
 
 STAGE = "verify"
-VERSION = "2"  # bump when the code changes what this stage writes (2: reward_hack reasons)
+VERSION = "3"  # bump when the code changes what this stage writes (2: reward_hack reasons; 3: math steps)
 VERDICT_FIELDS = [
     ("passed", pa.bool_()),
     ("score", pa.float64()),
@@ -258,8 +260,8 @@ class VerifyStage(Stage):
 
                     ready["critic"] = owned["critic"] = load_teacher(self.critic)
                 out.append(build_verifier("critic", engine=ready["critic"], **asdict(self.config.critic)))
-            elif name == "code":
-                out.append(build_verifier("code", **asdict(self.config.code)))
+            elif name in ("code", "math"):
+                out.append(build_verifier(name, **asdict(getattr(self.config, name))))
             elif name in ("regex", "json_schema", "label"):
                 out.append(build_verifier(name, **getattr(self.config, name)))
             else:

@@ -54,6 +54,17 @@ class DecontaminateConfig:
 
 
 @dataclass
+class MathOptions:
+    check_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "also fail a right answer whose working writes a wrong equation (44 + 86 = 120); "
+            "false checks the final answer only"
+        },
+    )
+
+
+@dataclass
 class CriticOptions:
     threshold: float = field(
         default=7.0, metadata={"help": "pass when the judge's 1-10 score is at least this"}
@@ -91,6 +102,7 @@ class VerifyConfig:
             "help": "keep all passing samples, the best-scored one per prompt, or the first that passes"
         },
     )
+    math: MathOptions = field(default_factory=MathOptions, metadata={"help": "math verifier options"})
     critic: CriticOptions = field(
         default_factory=CriticOptions, metadata={"help": "critic (LLM judge) options"}
     )

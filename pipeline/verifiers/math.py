@@ -13,6 +13,10 @@ let "... 7 * 2 = 14 ... The answer is 4." through. Two more rules keep "passed" 
 
 - a completion that states a different result after its committed answer (``Answer: 14`` then
   ``... so 7 * 2 = 12``) contradicts itself and fails (``wrong: contradicts its answer``);
+- with ``check_steps`` (the verify stage's default), a completion whose written working has an equation
+  whose sides differ (``44 + 86 = 120``, see ``equations.py``) fails even when its answer is right
+  (``wrong: step 44 + 86 = 120``): its working would teach a student the slip. Evaluation scores the
+  answer only;
 - a completion cut off by the token limit (``finish_reason == "length"``) with no ``Answer:`` line or
   ``\\boxed{}`` has not committed to anything: ``passed=None`` (``truncated``).
 
@@ -29,6 +33,7 @@ import threading
 from dataclasses import dataclass
 
 from pipeline.verifiers import Verdict
+from pipeline.verifiers.equations import wrong_equation
 
 # Characters models write that math-verify does not read: unicode minus, non-breaking and thin spaces.
 _TRANSLATE = str.maketrans({"\u2212": "-", "\u2013": "-", "\u00a0": " ", "\u202f": " ", "\u2009": " "})
@@ -146,9 +151,10 @@ class MathVerifier:
 
     name = "math"
 
-    def __init__(self, float_rounding: int = 6, timeout_s: int = 5):
+    def __init__(self, float_rounding: int = 6, timeout_s: int = 5, check_steps: bool = False):
         self.float_rounding = float_rounding
         self.timeout_s = timeout_s
+        self.check_steps = check_steps
 
     def check(self, rows: list[dict]) -> list[Verdict]:
         return [
@@ -184,6 +190,9 @@ class MathVerifier:
         shown = final.text[:80]
         if ok and self._contradicted(completion, final):
             return Verdict(False, 0.0, f"wrong: contradicts its answer {shown}")
+        slip = wrong_equation(completion.translate(_TRANSLATE)) if ok and self.check_steps else None
+        if slip:
+            return Verdict(False, 0.0, f"wrong: step {slip[:80]}")
         return Verdict(bool(ok), 1.0 if ok else 0.0, f"{'correct' if ok else 'wrong'}: {shown}")
 
     @staticmethod
