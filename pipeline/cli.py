@@ -294,14 +294,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="accuracy of a model (plus an optional LoRA adapter) on a task split")
-    p.add_argument("model", nargs="?", help="model spec (or give --recipe)")
+    p.add_argument(
+        "model", nargs="?", help="model spec: embedded name, local folder (a fully trained student), hub id"
+    )
     p.add_argument(
         "--recipe", help="evaluate this recipe's student (its pruned copy when prune_layers is set)"
     )
     p.add_argument("--run-dir", help="with --recipe: the run folder (default: runs/<recipe run name>)")
     p.add_argument("--adapter", help="LoRA adapter folder")
-    p.add_argument("--task", default="arithmetic")
-    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--task",
+        default="arithmetic",
+        help="built-in task: arithmetic, humaneval or capitals (default arithmetic)",
+    )
+    p.add_argument("--split", default="test", help="train, validation or test (default test)")
     p.add_argument(
         "--limit", type=int, default=100, help="number of problems (arithmetic held-out splits: per family)"
     )
@@ -322,9 +328,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="few-shot turns under prompts/ before each question, as the generate stage sends",
     )
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k when > 1)")
-    p.add_argument("--engine", default="hf", choices=["vllm", "hf"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=128, help="most new tokens per answer")
+    p.add_argument("--engine", default="hf", choices=["vllm", "hf"], help="default hf")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--max-tokens", type=int, default=128, help="most new tokens per answer (default 128)")
     p.add_argument(
         "--temperature", type=float, help="sampling temperature (default: greedy for 1 sample, else 0.7)"
     )

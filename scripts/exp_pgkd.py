@@ -86,11 +86,17 @@ def write_recipe(folder: Path, recipe: dict) -> Path:
 
 
 def evaluate(
-    recipe: dict, adapter: str | Path | None, out: Path, test_n: int, tokens: int | None = None
+    recipe: dict,
+    adapter: str | Path | None,
+    out: Path,
+    test_n: int,
+    tokens: int | None = None,
+    model: str = SMOL,
 ) -> float:
-    """The student's greedy test accuracy (`test_n` problems per held-out wording family)."""
+    """The student's greedy test accuracy (`test_n` problems per held-out wording family); ``model``: a
+    fully fine-tuned student's folder instead of the base student (with or without an adapter)."""
     result = score(
-        SMOL, adapter, out, limit=test_n, tokens=tokens or answer_tokens(recipe), flags=eval_flags(recipe)
+        model, adapter, out, limit=test_n, tokens=tokens or answer_tokens(recipe), flags=eval_flags(recipe)
     )
     return result["pass@1"]
 

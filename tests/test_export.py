@@ -165,6 +165,27 @@ def test_place_value_spells_out_sft_and_dpo_answers_not_kd(tmp_path):
     assert manifest["place_value_rows"] == 1
 
 
+def test_sign_first_keeps_every_step_at_or_above_zero(tmp_path):
+    d = tmp_path / "02-verify"
+    answer = "First 13 - 48 = -35. Then -35 + 60 = 25.\nAnswer: 25"
+    store.save_table(pa.Table.from_pylist([_row("a", 0, answer, True)], schema=VERDICT_SCHEMA), d / "data")
+    (d / "manifest.json").write_text(json.dumps({"stage": "verify", "fingerprint": "f" * 64}))
+    config = export.Config(formats=["sft"], place_value=True, sign_first=True)
+    manifest = export.run(config, d, tmp_path / "out")
+    (row,) = load_from_disk(str(tmp_path / "out" / "data" / "sft"))
+    assert row["messages"][-1]["content"] == (
+        "First 48 - 13 = 48 - 10 - 3 = 38 - 3 = 35, so 13 - 48 = -35. "
+        "Then 60 - 35 = 60 - 30 - 5 = 30 - 5 = 25, so -35 + 60 = 25.\nAnswer: 25"
+    )
+    assert manifest["place_value_rows"] == 1 and manifest["fingerprint_parts"]["config"]["sign_first"] is True
+    plain = export.run(export.Config(formats=["sft"]), d, tmp_path / "plain")
+    assert (
+        "sign_first" not in plain["fingerprint_parts"]["config"]
+    )  # exports made before it keep their identity
+    with pytest.raises(UserError, match="sign_first.*set place_value: true"):
+        export.run(export.Config(formats=["sft"], sign_first=True), d, tmp_path / "x")
+
+
 def test_resume_skips_and_changed_config_refuses(verify_dir, tmp_path):
     out = tmp_path / "exp"
     first = export.run(export.Config(formats=["sft"]), verify_dir, out)

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from conftest import REPO
 from datasets import Dataset
 from safetensors.torch import load_file
 
@@ -210,3 +211,12 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: unknown key `learning_rat` in SFTConfig; did you mean `learning_rate`?"
     ]
+
+
+def test_every_shipped_training_config_loads(export_dir):
+    """`scripts/configs/<mode>[_variant].yaml`: each one the README points users at parses as its mode."""
+    configs = sorted((REPO / "scripts" / "configs").glob("*.yaml"))
+    assert {p.stem for p in configs} >= {"sft", "sft_full", "dpo", "kd", "gkd", "gold", "uld"}
+    for path in configs:
+        job = load_job(path.stem.split("_")[0], path, {"dataset": str(export_dir)})
+        assert job.args.learning_rate > 0 and (job.peft is None) == (path.stem == "sft_full"), path.name

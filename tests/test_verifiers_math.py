@@ -10,6 +10,7 @@ wrong answers the old any-candidate check accepted) and no_answer (truncated, or
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,25 @@ def test_place_value_steps_are_right_and_keep_the_result():
             and chain.startswith(f"{a} {op} {b} = ")
             and chain.endswith(f" {c}")
         )
+        # sign_first: every step is on whole numbers >= 0, and the equation as written comes last, signed
+        signed = place_value(f"So {a} {op} {b} = {c}.", sign_first=True)
+        *steps, last = chains(signed)
+        assert wrong_equation(signed) is None and last.endswith(f" {c}")
+        assert last == f"{a} {op} {b} = {c}" if steps else last.startswith(f"{a} {op} {b} = ")
+        assert not any(re.search(r"-\d", step) for step in steps), signed  # no negative number
+
+
+def test_sign_first_works_on_the_sizes():
+    from pipeline.verifiers.equations import place_value
+
+    cases = {
+        "13 - 48 = -35": "48 - 13 = 48 - 10 - 3 = 38 - 3 = 35, so 13 - 48 = -35",
+        "-9 - 96 = -105": "9 + 96 = 9 + 90 + 6 = 99 + 6 = 105, so -9 - 96 = -105",
+        "-51 + 17 = -34": "51 - 17 = 51 - 10 - 7 = 41 - 7 = 34, so -51 + 17 = -34",
+        "-1 + 90 = 89": "90 - 1 = 89, so -1 + 90 = 89",
+        "-18 * 5 = -90": "18 * 5 = 10 * 5 + 8 * 5 = 50 + 40 = 90, so -18 * 5 = -90",
+        "93 - 71 = 22": "93 - 71 = 93 - 70 - 1 = 23 - 1 = 22",  # no negative number: the plain steps
+        "13 - 48 = -30": "13 - 48 = -30",  # a wrong equation is left as written
+    }
+    for written, spelled in cases.items():
+        assert place_value(f"Then {written}.", sign_first=True) == f"Then {spelled}.", written

@@ -24,12 +24,10 @@ from pipeline.filters.decontaminate import NgramIndex, decontaminate
 from pipeline.filters.dedup import exact_dedup, minhash_dedup
 from pipeline.rows import prompt_of
 from pipeline.verifiers import Verdict
+from pipeline.verifiers.equations import WRONG_STEP
 
 Result = tuple[bool, str | None]  # (keep, reason); the reason is None when kept
 REWARD_HACK = "reward_hack: "
-WRONG_STEP = (
-    "wrong: step "  # the math verifier's reason for a right answer with a wrong equation in its working
-)
 
 
 @dataclass

@@ -14,7 +14,8 @@ TRL's trainers take directly. Rows that are not exported are counted by reason i
 ``truncated``, ``no_topk``, ``over_max_per_prompt`` (with ``keep`` deciding which answers stay).
 
 ``place_value: true`` spells out the arithmetic of the sft and dpo answers one digit at a time
-(``pipeline/verifiers/equations.py``; the manifest counts the answers it changed in ``place_value_rows``).
+(``pipeline/verifiers/equations.py``; the manifest counts the answers it changed in ``place_value_rows``);
+``sign_first: true`` with it works an equation with a negative number on the sizes, then signs it.
 
     distill export --input runs/demo/02-verify --output runs/demo/03-export --formats sft dpo kd
 """
@@ -36,6 +37,9 @@ from pipeline.verifiers import equations
 
 STAGE = "export"
 VERSION = "1"
+LATER_FIELDS = {
+    "sign_first": False
+}  # added later: left out of the fingerprint at their defaults (old runs match)
 FORMATS = ("sft", "dpo", "kd")
 KEEP_RULES = ("first", "shortest", "student_likelihood")
 # Chat-template markup of any common family (ChatML <|im_end|>, <|endoftext|>, Llama <|eot_id|>, </s>, ...).
@@ -97,6 +101,13 @@ class Config:
             "the teacher's text, which its logprobs are for"
         },
     )
+    sign_first: bool = field(
+        default=False,
+        metadata={
+            "help": "with place_value: an equation with a negative number is worked on whole numbers >= 0, "
+            "then signed (48 - 13 = 48 - 10 - 3 = 38 - 3 = 35, so 13 - 48 = -35), so no step crosses zero"
+        },
+    )
     drop_truncated: bool = field(
         default=True,
         metadata={
@@ -118,6 +129,8 @@ class Config:
             raise UserError(f"{path}.keep must be one of {', '.join(KEEP_RULES)}, not {self.keep!r}")
         if self.keep != "first" and self.max_per_prompt is None:
             raise UserError(f"{path}.keep: {self.keep} chooses among answers; set max_per_prompt (e.g. 1)")
+        if self.sign_first and not self.place_value:
+            raise UserError(f"{path}.sign_first changes place-value steps; set place_value: true with it")
 
 
 def run(
@@ -148,7 +161,7 @@ def run(
     parts = {
         "stage": STAGE,
         "version": VERSION,
-        "config": asdict(config),
+        "config": {k: v for k, v in asdict(config).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]},
         "templates": {},
         "inputs": [input_ref(input_dir)],
         "models": {"scorer": scorer.identity} if scorer else {},
@@ -193,15 +206,16 @@ class ExportStage(Stage):
         failing = self.failing.to_pylist() if self.failing is not None else []
         skipped: Counter = Counter()
         verified = _verified(rows, config, skipped, self._rank(rows))
+        answers = [_answer(r, config) for r in verified]  # as the sft and dpo formats write them
         tables = {}
         if "sft" in config.formats:
             tables["sft"] = [
                 {
                     "id": r["id"],
                     "sample_index": r.get("sample_index") or 0,
-                    "messages": _prompt(r, config.include_system) + _answer(r, config.place_value),
+                    "messages": _prompt(r, config.include_system) + answer,
                 }
-                for r in verified
+                for r, answer in zip(verified, answers, strict=True)
             ]
         if "kd" in config.formats:
             kd = []
@@ -233,9 +247,7 @@ class ExportStage(Stage):
         stats = {
             "rows_in": len(rows) + len(failing),
             "place_value_rows": sum(
-                equations.place_value(r["completion"]) != r["completion"]
-                for r in verified
-                if config.place_value
+                a[0]["content"] != r["completion"] for r, a in zip(verified, answers, strict=True)
             ),
             "rows_by_format": {fmt: len(records) for fmt, records in tables.items()},
             "skipped": dict(skipped),
@@ -287,9 +299,12 @@ def _prompt(row: dict, include_system: bool = False) -> list[dict]:
     return out
 
 
-def _answer(row: dict, place_value: bool = False) -> list[dict]:
+def _answer(row: dict, config: Config | None = None) -> list[dict]:
+    """The answer as a chat message: the teacher's text, spelled out when ``config`` asks for place_value."""
     text = row["completion"]
-    return [{"role": "assistant", "content": equations.place_value(text) if place_value else text}]
+    if config is not None and config.place_value:
+        text = equations.place_value(text, sign_first=config.sign_first)
+    return [{"role": "assistant", "content": text}]
 
 
 def _verified(
@@ -346,8 +361,8 @@ def _pairs(verified: list[dict], all_rows: list[dict], config: Config, skipped: 
                 {
                     "id": pid,
                     "prompt": _prompt(g, config.include_system),
-                    "chosen": _answer(g, config.place_value),
-                    "rejected": _answer(b, config.place_value),
+                    "chosen": _answer(g, config),
+                    "rejected": _answer(b, config),
                 }
             )
     return pairs

@@ -13,7 +13,11 @@ thousands comma, a fraction bar, a power, a percent sign, a bracket or another o
   ``44 + 86 = 44 + 80 + 6 = 124 + 6 = 130``, ``130 - 18 = 130 - 10 - 8 = 120 - 8 = 112``,
   ``17 * 6 = 10 * 6 + 7 * 6 = 60 + 42 = 102``. Each step then adds, takes away or multiplies one digit,
   which a small student can learn where a whole two-digit sum in one step is beyond it. Other text is kept
-  as written.
+  as written. ``sign_first=True`` keeps every step on whole numbers >= 0: an equation with a negative
+  number in it is worked on the sizes, then given its sign, ``48 - 13 = 48 - 10 - 3 = 38 - 3 = 35, so 13 -
+  48 = -35`` (where the plain steps cross zero: ``13 - 48 = 13 - 40 - 8 = -27 - 8 = -35``).
+
+``WRONG_STEP`` starts the math verifier's reason for such an answer; the step filter counts it by that prefix.
 
     python -m pipeline.verifiers.equations "First 44 + 86 = 130. Then 130 - 18 = 112."
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import re
 
+WRONG_STEP = "wrong: step "  # + the wrong chain, as written: the reason a right answer with a slip fails
 _TERM = r"-?\d+"
 _EXPR = rf"{_TERM}(?:[ \t]*[-+*][ \t]*{_TERM})*"
 _CHAIN = re.compile(rf"{_EXPR}(?:[ \t]*=[ \t]*{_EXPR})+")
@@ -118,11 +123,27 @@ def _spelled(a: int, op: str, b: int) -> list[str] | None:
     return _add(a, abs(b), "-")
 
 
+def _sizes(a: int, op: str, b: int) -> tuple[int, str, int] | None:
+    """``a op b`` as an expression on whole numbers >= 0 whose value is the size of its result, or None when
+    it already is one (no negative number in it, a difference that does not cross zero)."""
+    if op == "*":
+        return None if a >= 0 and b >= 0 else (abs(a), "*", abs(b))
+    y = b if op == "+" else -b  # the result is a + y
+    if a >= 0 and (y >= 0 or a >= -y):
+        return None
+    if a >= 0:  # 13 - 48: the size is 48 - 13
+        return (-y, "-", a)
+    if y < 0:  # -9 - 13: 9 + 13
+        return (-a, "+", -y)
+    return (y, "-", -a) if y >= -a else (-a, "-", y)  # -1 + 90: 90 - 1; -51 + 17: 51 - 17
+
+
 _BINARY = re.compile(r"^(-?\d+)[ \t]*([-+*])[ \t]*(-?\d+)[ \t]*=[ \t]*(-?\d+)$")
 
 
-def place_value(text: str) -> str:
-    """The text with each right two-term equation ``a op b = c`` spelled out in place-value steps."""
+def place_value(text: str, sign_first: bool = False) -> str:
+    """The text with each right two-term equation ``a op b = c`` spelled out in place-value steps;
+    ``sign_first``: one with a negative number is worked on the sizes, then signed."""
     out, at = [], 0
     for chain in chains(text):
         start = text.index(chain, at)
@@ -133,6 +154,12 @@ def place_value(text: str) -> str:
             out.append(chain)
             continue
         a, op, b, c = int(m[1]), m[2], int(m[3]), m[4]
+        sizes = _sizes(a, op, b) if sign_first else None
+        if sizes is not None:
+            x, op2, y = sizes
+            steps = " = ".join([f"{x} {op2} {y}", *(_spelled(x, op2, y) or []), str(abs(int(c)))])
+            out.append(f"{steps}, so {a} {op} {b} = {c}")
+            continue
         middle = _spelled(a, op, b)
         out.append(chain if middle is None else " = ".join([f"{a} {op} {b}", *middle, c]))
     out.append(text[at:])
@@ -144,3 +171,4 @@ if __name__ == "__main__":
 
     print("wrong equation:", wrong_equation(sys.argv[1]))
     print(place_value(sys.argv[1]))
+    print(place_value(sys.argv[1], sign_first=True))

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 
 from pipeline.verifiers import Verdict
-from pipeline.verifiers.equations import wrong_equation
+from pipeline.verifiers.equations import WRONG_STEP, wrong_equation
 
 # Characters models write that math-verify does not read: unicode minus, non-breaking and thin spaces.
 _TRANSLATE = str.maketrans({"\u2212": "-", "\u2013": "-", "\u00a0": " ", "\u202f": " ", "\u2009": " "})
@@ -192,7 +192,7 @@ class MathVerifier:
             return Verdict(False, 0.0, f"wrong: contradicts its answer {shown}")
         slip = wrong_equation(completion.translate(_TRANSLATE)) if ok and self.check_steps else None
         if slip:
-            return Verdict(False, 0.0, f"wrong: step {slip[:80]}")
+            return Verdict(False, 0.0, f"{WRONG_STEP}{slip[:80]}")
         return Verdict(bool(ok), 1.0 if ok else 0.0, f"{'correct' if ok else 'wrong'}: {shown}")
 
     @staticmethod
