@@ -80,7 +80,7 @@ def cmd_loop(args) -> int:
     from pipeline.runner import load_recipe
 
     names = ("iterations", "max_steps", "validation_n", "patience", "mine_n", "epochs", "method", "generator")
-    overrides = {k: getattr(args, k) for k in (*names, "teacher_budget_tokens")}
+    overrides = {k: getattr(args, k) for k in (*names, "teacher_budget_tokens", "train_config")}
     summary = run_loop(
         args.recipe,
         run_dir=args.run_dir,
@@ -246,6 +246,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--generator", choices=["teacher", "best"], help="who answers the new prompts")
     p.add_argument("--teacher-budget-tokens", type=int, help="stop once generation used this many tokens")
+    p.add_argument(
+        "--train-config",
+        help="TRL SFT config of each round (default: scripts/configs/sft.yaml, a LoRA adapter; "
+        "scripts/configs/sft_full.yaml trains every weight)",
+    )
     add_executor_flags(p)
     p.set_defaults(func=cmd_loop)
 

@@ -2,9 +2,10 @@
 
     distill loop scripts/recipes/pgkd.yaml
 
-It first runs the recipe's stages (the base dataset), then iterates. Round k trains a fresh LoRA student on
-all the verified data so far (a constant number of epochs; rows of later rounds repeated `new_weight`
-times) and scores it on the validation split, which only decides stopping (`patience`). The student is
+It first runs the recipe's stages (the base dataset), then iterates. Round k trains the student (a LoRA
+adapter, or every weight when `train_config` has no `peft:`) on the verified data so far (rows of later rounds
+repeated `new_weight` times; `warm_start` keeps training the best student on the new rows and a replay
+sample) and scores it on the validation split, which only decides stopping (`patience`). The student is
 mined on a separate pool of training-split prompts (`mine_n`), so the stopping signal is not fitted.
 Unless validation stopped improving or the budget is spent, `regenerate` writes new problems aimed at the
 failures (`method: targeted`: the failed fact in new wordings and its neighbours; `random` is the control
@@ -33,6 +34,7 @@ the loop keeps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +43,7 @@ from pathlib import Path
 from pipeline import store
 from pipeline.config import from_dict
 from pipeline.errors import UserError
-from pipeline.loop_engines import LoopEngines, lora_rank
+from pipeline.loop_engines import LoopEngines
 from pipeline.loop_prompts import draw_pool, finished, recipe_stage_config, teacher_rephrase
 from pipeline.loop_reuse import copy_training, round0_training
 from pipeline.loop_tables import (
@@ -62,6 +64,9 @@ ROUND_STEPS = tuple(
     "train-data train train-dpo validate mine regenerate to-answer generate verify hard-prompts generate-more "
     "verify-more hard-negatives export export-more".split()
 )
+
+# The recipe's export settings that shape each answer's text; each round's export of new data keeps them.
+ANSWER_SHAPE = ("place_value", "sign_first", "include_system", "drop_truncated")
 
 
 def _answer_tokens(recipe: Recipe, loop: LoopConfig) -> int:
@@ -108,9 +113,9 @@ class Loop:
         train_rows = self.train_data(it, k)
         if train_rows == 0:
             return "the last round added no new verified rows"
-        adapter = self.train_dpo(it, k, self.train(it, k, train_rows))
-        metrics = self.validate(it, k, adapter, train_rows)
-        stop = self.stop_reason(k) or self.mine(it, k, adapter, metrics)
+        student = self.train_dpo(it, k, self.train(it, k, train_rows))
+        metrics = self.validate(it, k, student, train_rows)
+        stop = self.stop_reason(k) or self.mine(it, k, student, metrics)
         if stop is not None:
             self.finish(it, metrics, t_round)
             return stop
@@ -143,15 +148,18 @@ class Loop:
         exports = [f.parent.parent for folders in rounds for f in folders]  # each sft/ is export/data/sft
         return table_step(it / "train-data", "train-data", exports, settings, build, table="sft")["rows_out"]
 
-    def train(self, it: Path, k: int, train_rows: int) -> Path:
-        """Step train: an SFT LoRA adapter for the student (its manifest marks it done). Round 0 copies a
-        finished training of the same export and settings when the run has one (pipeline/loop_reuse.py)."""
+    def train(self, it: Path, k: int, train_rows: int) -> Student:
+        """Step train: the round's SFT student (its manifest marks it done): a LoRA adapter on the student
+        model, or every weight when the training config has no `peft:`. Round 0 copies a finished training of
+        the same export and settings when the run has one (pipeline/loop_reuse.py)."""
         loop = self.loop
+        base = self.context.student.model
+        warm = loop.warm_start and self.best is not None
+        if warm:  # keep training the best student: its weights, and its adapter if it has one
+            base = self.best["model"]
         if not (it / "train" / "manifest.json").exists():
-            overrides = {"dataset": str(it / "train-data"), "output_dir": str(it / "train")}
-            overrides["model"] = self.context.student.model
-            warm = loop.warm_start and self.best is not None
-            if warm:
+            overrides = {"dataset": str(it / "train-data"), "output_dir": str(it / "train"), "model": base}
+            if warm and self.best["adapter"]:
                 overrides["adapter"] = self.best["adapter"]
             if loop.max_steps is not None:
                 overrides["max_steps"] = loop.max_steps
@@ -171,44 +179,47 @@ class Loop:
                 self.log(f"[distill] loop {k}: training on {train_rows} rows")
                 self.engines.before_training()
                 _training()("sft", loop.train_config, overrides)
-        return it / "train" / "adapter"
+        return trained(it / "train", base)
 
-    def train_dpo(self, it: Path, k: int, adapter: Path) -> Path:
+    def train_dpo(self, it: Path, k: int, student: Student) -> Student:
         """Step train-dpo: hard negatives of the last round prefer the verified answer over the student's own
         failing one."""
         negatives = self.loop_dir / f"iter_{k - 1}" / "hard-negatives"
         if not (
             k > 0 and self.loop.hard_negatives and (store.read_manifest(negatives) or {}).get("rows_out")
         ):
-            return adapter
+            return student
         if not (it / "train-dpo" / "manifest.json").exists():
             self.log(f"[distill] loop {k}: DPO on the hard negatives of round {k - 1}")
             self.engines.before_training()
-            overrides = {"model": self.context.student.model, "adapter": str(adapter)}
-            overrides |= {"dataset": str(negatives), "output_dir": str(it / "train-dpo")}
+            overrides = {
+                "model": student.model,
+                "dataset": str(negatives),
+                "output_dir": str(it / "train-dpo"),
+            }
+            if student.adapter:
+                overrides["adapter"] = student.adapter
             _training()("dpo", self.loop.dpo_config, overrides)
-        return it / "train-dpo" / "adapter"
+        return trained(it / "train-dpo", student.model)
 
-    def _mine_config(self, adapter: Path):
+    def _scored(self, student: Student, stage_input: Path, out: Path) -> dict:
+        """The mine stage run by `student` on the prompts in `stage_input` (validation, or a mining pool)."""
         from pipeline.stages import mine
 
-        return mine.Config(
-            adapter=str(adapter),
+        config = mine.Config(
+            adapter=student.adapter,
             student_engine=self.loop.engine,
             max_tokens=_answer_tokens(self.recipe, self.loop),
         )
-
-    def validate(self, it: Path, k: int, adapter: Path, train_rows: int) -> dict:
-        """Step validate: the student's accuracy on the validation split (it only decides stopping)."""
-        from pipeline.stages import mine
-
-        validated = mine.run(
-            self._mine_config(adapter),
-            self.val_dir,
-            it / "validate",
-            context=self.context,
-            engine=self.engines.student(str(adapter)),
+        context = dataclasses.replace(
+            self.context, student=dataclasses.replace(self.context.student, model=student.model)
         )
+        engine = self.engines.student(student.model, student.adapter)
+        return mine.run(config, stage_input, out, context=context, engine=engine)
+
+    def validate(self, it: Path, k: int, student: Student, train_rows: int) -> dict:
+        """Step validate: the student's accuracy on the validation split (it only decides stopping)."""
+        validated = self._scored(student, self.val_dir, it / "validate")
         acc = validated["student_accuracy"]
         improved = self.best is None or acc > self.best["val_accuracy"] + self.loop.min_delta
         metrics = {
@@ -216,7 +227,8 @@ class Loop:
             "val_accuracy": acc,
             "train_rows": train_rows,
             "teacher_tokens": self.tokens_used,
-            "adapter": str(adapter),
+            "model": student.model,
+            "adapter": student.adapter,
         }
         self.log(f"[distill] loop {k}: validation accuracy {acc:.1%} on {validated['rows_in']} prompts")
         if improved:
@@ -276,15 +288,12 @@ class Loop:
         engine = self.engines.teacher()
         return teacher_rephrase(self.recipe, self.context, engine, source, out, per_prompt, seed)
 
-    def mine(self, it: Path, k: int, adapter: Path, metrics: dict) -> str | None:
+    def mine(self, it: Path, k: int, student: Student, metrics: dict) -> str | None:
         """Step mine: the prompts of round k's pool the student fails (its answer kept for DPO)."""
-        from pipeline.stages import mine
-
         pool = self.mine_pool(k)
         if store.read_manifest(pool)["rows_out"] == 0:
             return "the mining pool is empty (the teacher refused or failed every rewrite of it)"
-        engine = self.engines.student()
-        mined = mine.run(self._mine_config(adapter), pool, it / "mine", context=self.context, engine=engine)
+        mined = self._scored(student, pool, it / "mine")
         metrics["hard_prompts"] = mined["rows_out"]
         metrics["mine_accuracy"] = mined["student_accuracy"]
         return "the student solves every mined prompt" if mined["rows_out"] == 0 else None
@@ -327,14 +336,12 @@ class Loop:
         prompts, and those with fewer than `stop_at` verified answers get up to `hard_samples` in all."""
         loop, gen_config = self.loop, recipe_stage_config(self.recipe, "generate")
         if self.teacher_acc is not None and self.best["val_accuracy"] > self.teacher_acc:
-            # The best student so far answers (self-imitation), its adapter applied per request.
+            # The best student so far answers (self-imitation), its adapter (if any) applied per request.
+            best = Student(self.best["model"], self.best["adapter"])
             generator = ModelConfig(
-                model=self.context.student.model,
-                engine=loop.engine,
-                name=f"student-{k}",
-                adapter=self.best["adapter"],
+                model=best.model, engine=loop.engine, name=f"student-{k}", adapter=best.adapter
             )
-            engine = self.engines.student()
+            engine = self.engines.student(best.model, best.adapter)
             metrics["generator"] = f"student of round {self.best['iteration']}"
         else:
             generator, engine = self.recipe.teachers[0], self.engines.teacher()
@@ -385,9 +392,15 @@ class Loop:
         (next round's train-dpo)."""
         if not self.loop.hard_negatives:
             return
-        build = lambda: hard_negative_pairs(it / "mine", verified)  # noqa: E731
+        shaped, shape, settings = recipe_stage_config(self.recipe, "export"), None, {}
+        if shaped.place_value:  # the chosen answer is written as the sft rows are
+            from pipeline.verifiers.equations import place_value
+
+            shape = functools.partial(place_value, sign_first=shaped.sign_first)
+            settings = {"place_value": True, "sign_first": shaped.sign_first}
+        build = lambda: hard_negative_pairs(it / "mine", verified, shape)  # noqa: E731
         pairs = table_step(
-            it / "hard-negatives", "hard-negatives", [it / "mine", *verified], {}, build, "dpo"
+            it / "hard-negatives", "hard-negatives", [it / "mine", *verified], settings, build, "dpo"
         )
         if pairs["rows_out"]:
             metrics["hard_negative_pairs"] = pairs["rows_out"]
@@ -396,7 +409,13 @@ class Loop:
         """Steps export, export-more: the verified answers as sft rows, the next round's new data."""
         from pipeline.stages import export
 
-        config = export.Config(formats=["sft"], max_per_prompt=self.loop.max_per_prompt)
+        # The recipe's way of writing answers (place-value steps, the system prompt) holds for every round
+        shaped = recipe_stage_config(self.recipe, "export")
+        config = export.Config(
+            formats=["sft"],
+            max_per_prompt=self.loop.max_per_prompt,
+            **{key: getattr(shaped, key) for key in ANSWER_SHAPE},
+        )
         self.rounds_sft.append([])
         for j, folder in enumerate(verified):
             if store.read_manifest(folder)["rows_out"] == 0:
@@ -412,6 +431,24 @@ class Loop:
         metrics["engine_start_s"] = round(self.engines.start_s - self.round_start[1], 1)
         store.write_json_atomic(it / "metrics.json", metrics)
         self.history.append(metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """A round's student: its weights (the base student model, or a fully trained copy) and the LoRA adapter
+    on them (None when every weight was trained)."""
+
+    model: str
+    adapter: str | None
+
+
+def trained(folder: Path, model: str) -> Student:
+    """The student a finished training in `folder` made from `model`: its adapter on `model`, or the new
+    model folder when it trained every weight (the training manifest's outputs say which)."""
+    outputs = store.read_manifest(folder)["outputs"]
+    if "model" in outputs:
+        return Student(str(folder / "model"), None)
+    return Student(model, str(folder / "adapter"))
 
 
 def step_seconds(it: Path, started: float) -> dict[str, float]:
@@ -442,6 +479,13 @@ def _loop_config(recipe: Recipe, overrides: dict | None) -> LoopConfig:
         loop = from_dict(LoopConfig, {**dataclasses.asdict(loop), **overrides}, "loop")
     if recipe.student is None:
         raise UserError("loop: the recipe needs `student:` (the model the loop trains)")
+    for name in ("train_config", "dpo_config"):
+        if not Path(getattr(loop, name)).is_file():
+            default = "dpo" if name == "dpo_config" else "sft"
+            raise UserError(
+                f"loop.{name}: {getattr(loop, name)} does not exist; give a TRL config file (e.g. "
+                f"scripts/configs/{default}.yaml; a relative path is from where you run distill)"
+            )
     user_data = recipe.source.path is not None or recipe.source.dataset is not None
     if user_data and not loop.validation_path:
         raise UserError(
@@ -492,7 +536,7 @@ def run_loop(
         )
     val_context = dataclasses.replace(context, source=val_source)
     prompts.run(prompts.Config(), None, loop_dir / "validation", context=val_context)
-    engines = LoopEngines(recipe, student_model, loop, lora_rank(loop.train_config), log)
+    engines = LoopEngines(recipe, student_model, loop, log)
     state = Loop(recipe, loop, context, loop_dir, pool_source, user_data, engines, log, executor)
     state.rounds_sft = [[dirs["export"] / "data" / "sft"]]
     if "generate" in dirs:

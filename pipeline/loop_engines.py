@@ -2,7 +2,8 @@
 
 A vLLM start costs about 30 s on a CPU, so pipeline/loop.py keeps one student engine and one teacher engine
 for all its rounds, stops a merge-mode student engine before training (memory), and shares one engine when
-the teacher is the student's own base model.
+the teacher is the student's own base model. A student that trains every weight is a new model each round:
+its engine restarts on the round's model folder (and is stopped before training, like a merge-mode one).
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ class LoopEngines:
     copy on a CPU: `lora_mode`), and, when the teacher is the student's own base model on vllm, the teacher
     too."""
 
-    def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, lora_rank: int, log=None):
-        self.recipe, self.student_model, self.loop, self.lora_rank = recipe, student_model, loop, lora_rank
+    def __init__(self, recipe: Recipe, student_model: str, loop: LoopConfig, log=None):
+        self.recipe, self.student_model, self.loop = recipe, student_model, loop
+        # the rank the student engine's LoRA must hold; None when no student has an adapter (no LoRA)
+        self.lora_rank = lora_rank(loop)
+        self.full_weights = _peft(loop.train_config) is None  # each round's student is a new model folder
         self._student = self._teacher = None
+        self._student_on = None  # the model folder the student engine serves
         self.start_s = 0.0  # seconds spent starting engines so far (a round's step table reports its share)
         self.log = log or (lambda msg: None)
 
@@ -32,39 +37,45 @@ class LoopEngines:
         self.start_s += seconds
         self.log(f"[distill] loop: started the {which} engine ({model}) in {seconds:.1f}s")
 
-    def student(self, adapter: str | None = None):
+    def student(self, model: str | None = None, adapter: str | None = None):
         """The engine for the student's evaluation and mining (None: each stage loads its own hf model).
-        `adapter`: the one it will serve first (a merge-mode engine then starts on that merged copy)."""
+        `model`: the student's weights (default: the base student; a fully trained round's folder restarts
+        the engine on it); `adapter`: the one it will serve first (a merge-mode engine then starts on that
+        merged copy)."""
         if self.loop.engine != "vllm":
             return None
+        model = model or self.student_model
+        if self._student is not None and self._student_on != model:
+            self._student.close()
+            self._student = None
         if self._student is None:
             from pipeline.engines.vllm import VLLMEngine
             from pipeline.models import resolve
 
             mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
+            lora = {"max_lora_rank": self.lora_rank, "lora_mode": mode, "adapter": adapter}
             t0 = time.perf_counter()
             self._student = VLLMEngine(
-                resolve(self.student_model),
-                enable_lora=True,
-                max_lora_rank=self.lora_rank,
-                lora_mode=mode,
-                adapter=adapter,
+                resolve(model), enable_lora=self.lora_rank is not None, **(lora if self.lora_rank else {})
             )
-            self._started("student", self.student_model, t0)
+            self._student_on = model
+            self._started("student", model, t0)
         return self._student
 
     def before_training(self) -> None:
         """Free the memory training needs. A merge-mode engine restarts for the next adapter anyway, so it
         is stopped now (here a kept engine plus training needed ~9 GB, and two loops side by side ran out of
-        memory); a per-request LoRA engine is kept (no restart) and holds its memory."""
-        if self._student is not None and self._student.lora_mode == "merge":
+        memory), and so is a full-weight student's (the next round is a new model); a per-request LoRA
+        engine is kept (no restart) and holds its memory."""
+        if self._student is not None and (self._student.lora_mode == "merge" or self.full_weights):
             self._student.close()
             self._student = None  # (a teacher that shares it is the same engine: stopped too)
 
     def shares_teacher(self) -> bool:
         tc = self.recipe.teachers[0]
         return (
-            self.loop.engine == "vllm"
+            not self.full_weights
+            and self.loop.engine == "vllm"
             and tc.engine == "vllm"
             and not tc.adapter
             and tc.model == self.student_model
@@ -119,11 +130,18 @@ class LoopEngines:
         self._student = self._teacher = None
 
 
-def lora_rank(train_config: str) -> int:
-    """The LoRA rank the loop's training config asks for (vLLM's max_lora_rank must hold it)."""
-    import yaml
-
+def lora_rank(loop: LoopConfig) -> int | None:
+    """The LoRA rank the student engine must hold (vLLM's max_lora_rank): the larger of the loop's training
+    config and, with hard negatives, its DPO config; None when neither trains an adapter."""
     from pipeline.adapters import vllm_lora_rank
 
-    rank = int(((yaml.safe_load(Path(train_config).read_text()) or {}).get("peft") or {}).get("r") or 16)
-    return vllm_lora_rank(rank)
+    configs = [loop.train_config] + ([loop.dpo_config] if loop.hard_negatives else [])
+    ranks = [int(peft.get("r") or 16) for path in configs if (peft := _peft(path)) is not None]
+    return vllm_lora_rank(max(ranks)) if ranks else None
+
+
+def _peft(train_config: str) -> dict | None:
+    """The `peft:` section of a TRL config file (None: the training updates every weight)."""
+    import yaml
+
+    return (yaml.safe_load(Path(train_config).read_text()) or {}).get("peft")

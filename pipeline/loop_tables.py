@@ -96,9 +96,12 @@ def answer_set(hard_dir: Path, regen_dir: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def hard_negative_pairs(hard_dir: Path, verified: list[Path]) -> pa.Table:
-    """DPO pairs for the mined prompts: chosen = the shortest verified answer to the prompt, rejected = the
-    student's own failing answer (from `mine`)."""
+def hard_negative_pairs(
+    hard_dir: Path, verified: list[Path], shape: Callable[[str], str] | None = None
+) -> pa.Table:
+    """DPO pairs for the mined prompts: chosen = the shortest verified answer to the prompt (written as the
+    sft rows are: `shape`, e.g. place-value steps), rejected = the student's own failing answer (from
+    `mine`)."""
     answers: dict[str, list[str]] = {}
     for folder in verified:
         table = store.load_table(folder / "data")
@@ -115,7 +118,7 @@ def hard_negative_pairs(hard_dir: Path, verified: list[Path]) -> pa.Table:
                 {
                     "id": row["id"],
                     "prompt": row["messages"],
-                    "chosen": [{"role": "assistant", "content": right[0]}],
+                    "chosen": [{"role": "assistant", "content": shape(right[0]) if shape else right[0]}],
                     "rejected": [{"role": "assistant", "content": wrong}],
                 }
             )

@@ -135,16 +135,18 @@ def run_loop_arm(
         distill("loop", str(recipe_path), "--run-dir", str(folder / "run"))
     summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
     best = summary["best"]
-    round0 = folder / "run" / "loop" / "iter_0" / "train" / "adapter"
+    round0 = trained_student(folder / "run" / "loop" / "iter_0" / "train")
     generate_dir = next((folder / "run").glob("[0-9][0-9]-generate"))
     round0_out = round0_file(folder)
     shared = round0_file(base_run.parent) if share_round0 and base_run is not None else None
     if shared is not None and shared.exists() and not round0_out.exists():
         shutil.copy2(shared, round0_out)  # the same adapter bytes, scored greedily: the same figures
     return {
-        "test": evaluate(recipe, best["adapter"], folder / "test.json", test_n),
+        "test": evaluate(
+            recipe, best["adapter"], folder / "test.json", test_n, model=best.get("model") or SMOL
+        ),
         # Round 0 is plain SFT on the base data: single-pass distillation at the base budget.
-        "test_round0": evaluate(recipe, round0, round0_out, test_n),
+        "test_round0": evaluate(recipe, round0["adapter"], round0_out, test_n, model=round0["model"]),
         "val": best["val_accuracy"],
         "teacher_val": summary.get("teacher_validation_accuracy"),
         "tokens": summary["generation_tokens"],
@@ -169,9 +171,18 @@ def round0_file(folder: Path) -> Path | None:
     summary = folder / "run" / "loop" / "summary.json"
     if not summary.exists():
         return None
-    best = Path(json.loads(summary.read_text())["best"]["adapter"])
-    same = best.parts[-4:] == ("loop", "iter_0", "train", "adapter")  # also where the loop was archived
+    best = json.loads(summary.read_text())["best"]
+    weights = Path(best["adapter"] or best["model"])  # a full-weight student has no adapter
+    same = weights.parts[-4:-1] == ("loop", "iter_0", "train")  # also where the loop was archived
     return folder / ("test.json" if same else "test-round0.json")
+
+
+def trained_student(training: Path) -> dict:
+    """The student a finished training folder holds: its adapter on the base student, or its own model
+    folder when every weight was trained."""
+    if (training / "model").is_dir():
+        return {"model": str(training / "model"), "adapter": None}
+    return {"model": SMOL, "adapter": training / "adapter"}
 
 
 def generate_pool(folder: Path, recipe: dict, n0: int, n: int) -> Path:
@@ -253,7 +264,14 @@ def run_single_pass(folder: Path, recipe: dict, tokens: int, base_run: Path, n0:
                 "verify", "--input", str(extra / "generations.parquet"), "--output", str(extra / "02-verify"),
                 "--config", str(extra / "verify.yaml"),
             )  # fmt: skip
-            distill("export", "--input", str(extra / "02-verify"), "--output", str(extra / "03-export"))
+            # the recipe's export settings (e.g. place-value steps), as the base rows were written
+            (extra / "export.yaml").write_text(
+                yaml.safe_dump({**stage(recipe, "export"), "formats": ["sft"]})
+            )
+            distill(
+                "export", "--input", str(extra / "02-verify"), "--output", str(extra / "03-export"),
+                "--config", str(extra / "export.yaml"),
+            )  # fmt: skip
             sft.append(extra / "03-export" / "data" / "sft")
         data = folder / "train-data" / "sft"
         store.save_table(store.concat([store.load_table(p) for p in sft]), data)
@@ -270,7 +288,9 @@ def run_single_pass(folder: Path, recipe: dict, tokens: int, base_run: Path, n0:
     if extra_rows.exists():
         tokens_used += sum(pq.read_table(extra_rows, columns=["completion_tokens"]).column(0).to_pylist())
     return {
-        "test": evaluate(recipe, folder / "train" / "adapter", folder / "test.json", test_n),
+        "test": evaluate(
+            recipe, **trained_student(folder / "train"), out=folder / "test.json", test_n=test_n
+        ),
         "tokens": tokens_used,
         "wall_s": float((folder / "wall_s").read_text()),  # without the base run's generation (shared)
         "prompts": n,
@@ -321,6 +341,11 @@ def main() -> None:
     )
     ap.add_argument("--per-prompt", type=int, help="new prompts per mined failure (default: the recipe's)")
     ap.add_argument(
+        "--train-config",
+        help="TRL SFT config of every student, the loop's rounds and the single-pass arm alike (default: "
+        "the recipe's loop.train_config; scripts/configs/sft_full.yaml trains every weight)",
+    )
+    ap.add_argument(
         "--ablations",
         nargs="*",
         metavar="WORD",
@@ -351,11 +376,16 @@ def main() -> None:
         help="only generate the single-pass arm's extra prompts up to N for each seed",
     )
     args = ap.parse_args()
-    sizes = (("iterations", args.iterations), ("mine_n", args.mine_n), ("per_prompt", args.per_prompt))
+    sizes = (
+        ("iterations", args.iterations),
+        ("mine_n", args.mine_n),
+        ("per_prompt", args.per_prompt),
+        ("train_config", args.train_config),
+    )
     loop = {k: v for k, v in sizes if v is not None}
     if args.quick:
         args.n, args.test_n = 16, 8
-        loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2}
+        loop = {"iterations": 2, "validation_n": 16, "mine_n": 16, "max_steps": 2, "per_prompt": 2, **loop}
     n = (
         args.n
         or yaml.safe_load((REPO / "scripts" / "recipes" / f"{args.setting}.yaml").read_text())["source"]["n"]

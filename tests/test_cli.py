@@ -125,3 +125,26 @@ def test_a_stage_fed_the_wrong_folder_names_the_stage_that_writes_the_missing_co
     assert "the output of prompts, lacks column(s) completion (written by generate)" in line
     assert line.endswith("feed it the output of generate")
     assert not (tmp_path / "v" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["export"], ["verify"], ["regenerate"], ["generate", "--teacher", "smollm2-135m-instruct"]],
+    ids=["export", "verify", "regenerate", "generate"],
+)
+def test_a_stage_fed_a_missing_folder_exits_2(tmp_path, args):
+    out = tmp_path / "out"
+    line = _one_line_error(run_cli(*args, "--input", str(tmp_path / "no-such-stage"), "--output", str(out)))
+    assert "no-such-stage does not exist" in line, line
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_loop_with_a_missing_training_config_exits_2_before_any_work(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + "student: {model: smollm2-135m-instruct}\n")
+    run = tmp_path / "run"
+    line = _one_line_error(
+        run_cli("loop", str(recipe), "--run-dir", str(run), "--train-config", "no/such.yaml")
+    )
+    assert "loop.train_config: no/such.yaml does not exist" in line, line
+    assert not run.exists()

@@ -7,6 +7,7 @@ import re
 import shutil
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -318,6 +319,15 @@ def test_hard_negatives_pair_a_verified_answer_with_the_students_failing_one(tmp
             "rejected": [{"role": "assistant", "content": "Answer: 54"}],
         }
     ]  # h2 has no verified answer: no pair
+    # a recipe that exports place-value steps gets its chosen answers written the same way
+    from pipeline.verifiers.equations import place_value
+
+    store.save_table(
+        pa.Table.from_pylist([{"id": "h1", "completion": "44 + 86 = 130. Answer: 130"}]),
+        tmp_path / "verify2" / "data",
+    )
+    shaped = hard_negative_pairs(tmp_path / "mine", [tmp_path / "verify2"], place_value).to_pylist()
+    assert shaped[0]["chosen"][0]["content"] == "44 + 86 = 44 + 80 + 6 = 124 + 6 = 130. Answer: 130"
 
 
 def test_a_loop_step_is_built_once_resumes_whole_and_feeds_a_stable_fingerprint(tmp_path):
@@ -494,16 +504,19 @@ source: {task: arithmetic, n: 8, seed: 0}
 stages:
   - generate: {n: 1, temperature: 0.8, top_p: 1.0, max_tokens: 48, seed: 0}
   - verify: {verifiers: [math]}
-  - export: {formats: [sft]}
+  - export: {formats: [sft], place_value: true}
 loop: {iterations: 2, validation_n: 4, mine_n: 16, max_steps: 2, per_prompt: 2, hard_samples: 1,
-       method: rephrase, mine_rephrased: true, hard_negatives: false, generator: teacher, lora_mode: vllm}
+       method: rephrase, mine_rephrased: true, hard_negatives: false, generator: teacher, lora_mode: vllm,
+       train_config: scripts/configs/sft_full.yaml}
 """
 
 
 def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
     """`mine_rephrased`: the student is mined on the Qwen teacher's rewrites of the pool; `method: rephrase`:
     the new prompts are the teacher's rewrites of each failed prompt. Both keep the numbers and the
-    reference; a mined rewrite is one the teacher solves; all their tokens count against the budget."""
+    reference; a mined rewrite is one the teacher solves; all their tokens count against the budget.
+    The student trains every weight here (a training config with no `peft:`): each round is a model folder,
+    scored on an engine started on it, and the next round keeps training it."""
     from pipeline.stages.rephrase import numbers
 
     recipe = tmp_path / "loop.yaml"
@@ -549,6 +562,18 @@ def test_loop_mines_and_regenerates_in_the_teachers_own_words(tmp_path):
         spent.append(manifest(loop_dir / "iter_0" / "generate"))
     summary = json.loads((loop_dir / "summary.json").read_text())
     assert summary["generation_tokens"] == sum(m["tokens"]["completion"] for m in spent)
+    # every weight trained: each round's student is its own model folder, with no adapter
+    for k, m in enumerate(summary["history"]):
+        trained = manifest(loop_dir / f"iter_{k}" / "train")
+        assert trained["outputs"] == {"model": m["model"]} and m["adapter"] is None
+        assert m["model"].endswith(f"iter_{k}/train/model") and (Path(m["model"]) / "config.json").is_file()
+        scored = manifest(loop_dir / f"iter_{k}" / "validate")
+        assert scored["models"]["student"]["path"] == str(Path(m["model"]).resolve())
+    # round 1 keeps training round 0's weights (warm start)
+    assert manifest(loop_dir / "iter_1" / "train")["config"]["model"] == summary["history"][0]["model"]
+    # a round's new data is written the recipe's way (place-value steps), as the base data was
+    if (loop_dir / "iter_0" / "export").exists():
+        assert manifest(loop_dir / "iter_0" / "export")["config"]["place_value"] is True
 
 
 def test_the_teachers_bar_is_measured_on_the_engine_that_generates(tmp_path, monkeypatch, vllm_engine):
@@ -603,3 +628,19 @@ def test_the_teachers_bar_is_measured_on_the_engine_that_generates(tmp_path, mon
     bare = {"system_template": None, "shots_template": None}  # other templates: measured again
     assert kept.teacher_accuracy(val, out, 32, bare) == json.loads(out.read_text())["pass@1"]
     assert json.loads(out.read_text())["templates"] == bare and started == ["smollm2-135m-instruct"]
+
+
+def test_the_student_engine_holds_the_rank_of_every_adapter_the_loop_trains():
+    """The student engine's LoRA holds the largest adapter of the round's SFT and DPO configs; a loop that
+    trains every weight with no DPO pass has no adapter, so its engine runs without LoRA."""
+    from pipeline.loop_engines import lora_rank
+    from pipeline.recipe import LoopConfig
+
+    configs = REPO / "scripts" / "configs"
+    sft, full, dpo = (str(configs / f"{name}.yaml") for name in ("sft", "sft_full", "dpo"))
+    dpo_rank = yaml.safe_load(Path(dpo).read_text())["peft"]["r"]
+    sft_rank = yaml.safe_load(Path(sft).read_text())["peft"]["r"]
+    assert lora_rank(LoopConfig(train_config=full, dpo_config=dpo, hard_negatives=False)) is None
+    assert lora_rank(LoopConfig(train_config=full, dpo_config=dpo, hard_negatives=True)) >= dpo_rank
+    both = lora_rank(LoopConfig(train_config=sft, dpo_config=dpo, hard_negatives=True))
+    assert both >= max(sft_rank, dpo_rank)

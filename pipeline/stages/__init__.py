@@ -165,6 +165,8 @@ def input_table(path: str | Path) -> pa.Table:
 def input_ref(path: str | Path) -> dict:
     """Lineage of an input: its path and fingerprint (the stage's own, or a hash of the file)."""
     p = Path(path)
+    if not p.exists():
+        raise UserError(f"input {p} does not exist; run the stage that writes it, or fix --input")
     manifest = read_manifest(p) if p.is_dir() else None
     if manifest is not None:
         return {"path": str(p), "fingerprint": manifest["fingerprint"], "stage": manifest["stage"]}

@@ -37,9 +37,8 @@ from pipeline.verifiers import equations
 
 STAGE = "export"
 VERSION = "1"
-LATER_FIELDS = {
-    "sign_first": False
-}  # added later: left out of the fingerprint at their defaults (old runs match)
+# Fields added later: left out of the fingerprint at their defaults, so old runs keep their identity.
+LATER_FIELDS = {"sign_first": False}
 FORMATS = ("sft", "dpo", "kd")
 KEEP_RULES = ("first", "shortest", "student_likelihood")
 # Chat-template markup of any common family (ChatML <|im_end|>, <|endoftext|>, Llama <|eot_id|>, </s>, ...).
