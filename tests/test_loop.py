@@ -610,7 +610,7 @@ def test_the_teachers_bar_is_measured_on_the_engine_that_generates(tmp_path, mon
     source = SourceConfig(task="arithmetic", split="validation", n=6, seed=0)
     prompts.run(prompts.Config(), None, val, context=RunContext(source=source))
     logs = []
-    kept = LoopEngines(recipe, "smollm2-135m-instruct", LoopConfig(), 16, log=logs.append)
+    kept = LoopEngines(recipe, "smollm2-135m-instruct", LoopConfig(), log=logs.append)
     assert not kept.shares_teacher()  # the teacher has engine options of its own: it is a separate engine
     shots = {
         "system_template": "system/arithmetic_worked.jinja",
