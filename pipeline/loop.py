@@ -45,7 +45,7 @@ from pipeline.config import from_dict
 from pipeline.errors import UserError
 from pipeline.loop_engines import LoopEngines
 from pipeline.loop_prompts import draw_pool, finished, recipe_stage_config, teacher_rephrase
-from pipeline.loop_reuse import copy_training, round0_training
+from pipeline.loop_reuse import copy_training, round0_training, saved_weights
 from pipeline.loop_tables import (
     answer_set,
     hard_negative_pairs,
@@ -100,6 +100,19 @@ class Loop:
     @property
     def val_dir(self) -> Path:
         return self.loop_dir / "validation"
+
+    @functools.cached_property
+    def export_config(self):
+        """How each round's new rows are exported: sft rows, at most `max_per_prompt` per prompt, each answer
+        written the recipe export's way (place-value steps, the system prompt: `ANSWER_SHAPE`)."""
+        from pipeline.stages import export
+
+        shaped = recipe_stage_config(self.recipe, "export")
+        return export.Config(
+            formats=["sft"],
+            max_per_prompt=self.loop.max_per_prompt,
+            **{key: getattr(shaped, key) for key in ANSWER_SHAPE},
+        )
 
     @property
     def ship(self) -> dict:
@@ -392,12 +405,12 @@ class Loop:
         (next round's train-dpo)."""
         if not self.loop.hard_negatives:
             return
-        shaped, shape, settings = recipe_stage_config(self.recipe, "export"), None, {}
-        if shaped.place_value:  # the chosen answer is written as the sft rows are
-            from pipeline.verifiers.equations import place_value
+        from pipeline.stages import export
 
-            shape = functools.partial(place_value, sign_first=shaped.sign_first)
-            settings = {"place_value": True, "sign_first": shaped.sign_first}
+        shape, settings, config = None, {}, self.export_config
+        if config.place_value:  # the chosen answer is written as the sft rows are
+            shape = functools.partial(export.answer_text, config=config)
+            settings = {"place_value": True, "sign_first": config.sign_first}
         build = lambda: hard_negative_pairs(it / "mine", verified, shape)  # noqa: E731
         pairs = table_step(
             it / "hard-negatives", "hard-negatives", [it / "mine", *verified], settings, build, "dpo"
@@ -409,13 +422,7 @@ class Loop:
         """Steps export, export-more: the verified answers as sft rows, the next round's new data."""
         from pipeline.stages import export
 
-        # The recipe's way of writing answers (place-value steps, the system prompt) holds for every round
-        shaped = recipe_stage_config(self.recipe, "export")
-        config = export.Config(
-            formats=["sft"],
-            max_per_prompt=self.loop.max_per_prompt,
-            **{key: getattr(shaped, key) for key in ANSWER_SHAPE},
-        )
+        config = self.export_config
         self.rounds_sft.append([])
         for j, folder in enumerate(verified):
             if store.read_manifest(folder)["rows_out"] == 0:
@@ -445,8 +452,7 @@ class Student:
 def trained(folder: Path, model: str) -> Student:
     """The student a finished training in `folder` made from `model`: its adapter on `model`, or the new
     model folder when it trained every weight (the training manifest's outputs say which)."""
-    outputs = store.read_manifest(folder)["outputs"]
-    if "model" in outputs:
+    if saved_weights(folder) == "model":
         return Student(str(folder / "model"), None)
     return Student(model, str(folder / "adapter"))
 

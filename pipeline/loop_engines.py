@@ -53,10 +53,13 @@ class LoopEngines:
             from pipeline.models import resolve
 
             mode = None if self.loop.lora_mode == "auto" else self.loop.lora_mode
-            lora = {"max_lora_rank": self.lora_rank, "lora_mode": mode, "adapter": adapter}
             t0 = time.perf_counter()
-            self._student = VLLMEngine(
-                resolve(model), enable_lora=self.lora_rank is not None, **(lora if self.lora_rank else {})
+            self._student = VLLMEngine(  # without LoRA (no config trains an adapter) the rest is unused
+                resolve(model),
+                enable_lora=self.lora_rank is not None,
+                max_lora_rank=self.lora_rank,
+                lora_mode=mode,
+                adapter=adapter,
             )
             self._student_on = model
             self._started("student", model, t0)

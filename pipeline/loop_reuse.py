@@ -43,7 +43,7 @@ def finished_training(run_dir: Path, export_dir: Path, train_config: str, overri
             found.get("mode") == "sft"
             and (found.get("dataset") or {}).get("fingerprint") == f"{export['fingerprint']}:data/sft"
             and _covers(found.get("config"), wanted)
-            and _weights(manifest_path.parent) is not None
+            and saved_weights(manifest_path.parent) is not None
         ):
             return manifest_path.parent
     return None
@@ -61,7 +61,7 @@ def round0_training(
     return finished_training(run_dir, base_sft[0].parent.parent, loop.train_config, settings)
 
 
-def _weights(training: Path) -> str | None:
+def saved_weights(training: Path) -> str | None:
     """What a training folder saved: "adapter" (LoRA), "model" (every weight), or None (neither)."""
     return next((name for name in ("adapter", "model") if (training / name).is_dir()), None)
 
@@ -69,7 +69,7 @@ def _weights(training: Path) -> str | None:
 def copy_training(source: Path, dest: Path) -> None:
     """The adapter (or full model) of `source` as the training in `dest`; the manifest comes last (it marks
     the step done), so a kill mid-copy copies again on resume."""
-    weights = _weights(source)
+    weights = saved_weights(source)
     shutil.copytree(source / weights, dest / weights, dirs_exist_ok=True)
     manifest = store.read_manifest(source)
     manifest.update(reused_from=str(source), output_dir=str(dest), outputs={weights: str(dest / weights)})

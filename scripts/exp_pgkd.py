@@ -29,6 +29,7 @@ per-problem comparisons, generation tokens, wall time and the loop's per-step se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -38,7 +39,7 @@ from pathlib import Path
 import yaml
 from experiments import QWEN, REPO, SMOL, distill, mean_sd, paired, score, table
 
-from pipeline.loop import ROUND_STEPS
+from pipeline.loop import ROUND_STEPS, trained
 from pipeline.loop_config import LoopConfig
 
 SETTINGS = ("quickstart", "hard")
@@ -135,7 +136,7 @@ def run_loop_arm(
         distill("loop", str(recipe_path), "--run-dir", str(folder / "run"))
     summary = json.loads((folder / "run" / "loop" / "summary.json").read_text())
     best = summary["best"]
-    round0 = trained_student(folder / "run" / "loop" / "iter_0" / "train")
+    round0 = trained(folder / "run" / "loop" / "iter_0" / "train", SMOL)
     generate_dir = next((folder / "run").glob("[0-9][0-9]-generate"))
     round0_out = round0_file(folder)
     shared = round0_file(base_run.parent) if share_round0 and base_run is not None else None
@@ -146,7 +147,7 @@ def run_loop_arm(
             recipe, best["adapter"], folder / "test.json", test_n, model=best.get("model") or SMOL
         ),
         # Round 0 is plain SFT on the base data: single-pass distillation at the base budget.
-        "test_round0": evaluate(recipe, round0["adapter"], round0_out, test_n, model=round0["model"]),
+        "test_round0": evaluate(recipe, round0.adapter, round0_out, test_n, model=round0.model),
         "val": best["val_accuracy"],
         "teacher_val": summary.get("teacher_validation_accuracy"),
         "tokens": summary["generation_tokens"],
@@ -175,14 +176,6 @@ def round0_file(folder: Path) -> Path | None:
     weights = Path(best["adapter"] or best["model"])  # a full-weight student has no adapter
     same = weights.parts[-4:-1] == ("loop", "iter_0", "train")  # also where the loop was archived
     return folder / ("test.json" if same else "test-round0.json")
-
-
-def trained_student(training: Path) -> dict:
-    """The student a finished training folder holds: its adapter on the base student, or its own model
-    folder when every weight was trained."""
-    if (training / "model").is_dir():
-        return {"model": str(training / "model"), "adapter": None}
-    return {"model": SMOL, "adapter": training / "adapter"}
 
 
 def generate_pool(folder: Path, recipe: dict, n0: int, n: int) -> Path:
@@ -289,7 +282,10 @@ def run_single_pass(folder: Path, recipe: dict, tokens: int, base_run: Path, n0:
         tokens_used += sum(pq.read_table(extra_rows, columns=["completion_tokens"]).column(0).to_pylist())
     return {
         "test": evaluate(
-            recipe, **trained_student(folder / "train"), out=folder / "test.json", test_n=test_n
+            recipe,
+            **dataclasses.asdict(trained(folder / "train", SMOL)),
+            out=folder / "test.json",
+            test_n=test_n,
         ),
         "tokens": tokens_used,
         "wall_s": float((folder / "wall_s").read_text()),  # without the base run's generation (shared)

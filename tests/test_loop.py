@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from pipeline import loop, loop_reuse, store
 from pipeline.errors import UserError
@@ -130,6 +132,14 @@ def test_loop_runs_rounds_and_resumes(tmp_path):
     dpo = json.loads((run_dir / "loop" / "iter_1" / "train-dpo" / "manifest.json").read_text())
     assert dpo["mode"] == "dpo" and dpo["dataset"]["rows"] == len(pairs) and dpo["steps"] > 0
     assert summary["history"][1]["adapter"].endswith("iter_1/train-dpo/adapter")
+    # the pass trained: its adapter moved off the SFT adapter it started from (a step in warm-up has lr 0,
+    # and dpo.yaml's warm-up of 5 steps once left 1-4 step passes training nothing)
+    sft_weights, dpo_weights = (
+        load_file(run_dir / "loop" / "iter_1" / step / "adapter" / "adapter_model.safetensors")
+        for step in ("train", "train-dpo")
+    )
+    assert sft_weights.keys() == dpo_weights.keys()
+    assert any(not torch.equal(sft_weights[key], dpo_weights[key]) for key in sft_weights)
     first = summary["history"][0]
     assert first["generator"] in ("teacher", "student of round 0")
     assert summary["generation_tokens"] == first["teacher_tokens"] > 0

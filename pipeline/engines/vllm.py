@@ -79,7 +79,7 @@ class VLLMEngine:
         enforce_eager: bool | None = None,
         seed: int = 0,
         enable_lora: bool = False,
-        max_lora_rank: int = 64,
+        max_lora_rank: int | None = 64,
         lora_mode: str | None = None,
         adapter: str | None = None,
         **extra,

@@ -300,10 +300,15 @@ def _prompt(row: dict, include_system: bool = False) -> list[dict]:
 
 def _answer(row: dict, config: Config | None = None) -> list[dict]:
     """The answer as a chat message: the teacher's text, spelled out when ``config`` asks for place_value."""
-    text = row["completion"]
+    return [{"role": "assistant", "content": answer_text(row["completion"], config)}]
+
+
+def answer_text(text: str, config: Config | None = None) -> str:
+    """An answer's text as exported: the teacher's, spelled out when ``config`` asks for place_value (the
+    loop writes its DPO pairs' chosen answers with this too)."""
     if config is not None and config.place_value:
-        text = equations.place_value(text, sign_first=config.sign_first)
-    return [{"role": "assistant", "content": text}]
+        return equations.place_value(text, sign_first=config.sign_first)
+    return text
 
 
 def _verified(
