@@ -451,7 +451,7 @@ class Student:
 
 def trained(folder: Path, model: str) -> Student:
     """The student a finished training in `folder` made from `model`: its adapter on `model`, or the new
-    model folder when it trained every weight (the training manifest's outputs say which)."""
+    model folder when it trained every weight (`loop_reuse.saved_weights` says which)."""
     if saved_weights(folder) == "model":
         return Student(str(folder / "model"), None)
     return Student(model, str(folder / "adapter"))

@@ -345,8 +345,9 @@ def main() -> None:
         "--ablations",
         nargs="*",
         metavar="WORD",
-        help="also one loop per lever switched off (first seed); with words, only the levers whose name "
-        "contains one of them (e.g. --ablations negatives generator)",
+        help="also one loop per lever switched off, on the first of --seeds (rows in ablations.json for seed "
+        "0, ablations-s<seed>.json otherwise); with words, only the levers whose name contains one of them "
+        "(e.g. --ablations negatives generator)",
     )
     ap.add_argument("--no-control", action="store_true", help="skip the random-regeneration control arm")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the plumbing")
@@ -434,18 +435,19 @@ def run_arms(args: argparse.Namespace, n: int, loop: dict, out: Path) -> None:
         seed = args.seeds[0]
         names = ablations(recipe0)
         # all levers on: the seed's loop arm itself
-        save_ablation(out, next(iter(names)), json.loads((out / f"seed-{seed}.json").read_text())["loop"])
+        loop_arm = json.loads((out / f"seed-{seed}.json").read_text())["loop"]
+        save_ablation(out, seed, next(iter(names)), loop_arm)
         for i, (name, change) in enumerate(names.items()):
             if change and (not args.ablations or any(word in name for word in args.ablations)):
                 folder, base_run = out / f"ablation-{i}-s{seed}", out / f"loop-s{seed}" / "run"
                 settings = recipe_of(args.setting, n, seed, {**loop, **change})
                 result = run_loop_arm(folder, settings, args.test_n, base_run, share_round0=True)
-                save_ablation(out, name, result)
+                save_ablation(out, seed, name, result)
 
 
 def archive(out: Path, dest: Path) -> int:
     """Copies the files `report` reads from experiment folder `out` to `dest`: the JSON files at the top
-    (base and teacher scores, seed-<s>.json, ablations.json), each arm's test scores and each loop's
+    (base and teacher scores, seed-<s>.json, ablations[-s<seed>].json), each arm's test scores and each loop's
     summary. Not the run folders (data, adapters): an archived arm is reported, not resumed."""
     wanted = [*out.glob("*.json"), *out.glob("*/test*.json"), *out.glob("*/run/loop/summary.json")]
     for path in wanted:
@@ -455,9 +457,14 @@ def archive(out: Path, dest: Path) -> int:
     return len(wanted)
 
 
-def save_ablation(out: Path, name: str, result: dict) -> None:
-    """Adds one row to <out>/ablations.json, re-read first: other processes may add other levers to it."""
-    saved = out / "ablations.json"
+def ablations_file(out: Path, seed: int) -> Path:
+    """Where a seed's ablation rows are kept: ablations.json for seed 0, ablations-s<seed>.json otherwise."""
+    return out / ("ablations.json" if seed == 0 else f"ablations-s{seed}.json")
+
+
+def save_ablation(out: Path, seed: int, name: str, result: dict) -> None:
+    """Adds one row to the seed's ablations file, re-read first: other processes may add other levers to it."""
+    saved = ablations_file(out, seed)
     done = json.loads(saved.read_text()) if saved.exists() else {}
     done[name] = result
     saved.write_text(json.dumps(done, indent=2))
@@ -533,8 +540,11 @@ def report(out: Path, test_n: int, names: dict) -> None:
     )
     by_family(files, base, teacher)
     step_table(seeds)
-    if (out / "ablations.json").exists():
-        ablation_table(out, names, next(iter(seeds), 0))
+    ablated = [s for s in seeds if ablations_file(out, s).exists()]
+    for seed in ablated:  # the first seed's table lists every lever; later seeds', the ones they ran
+        ablation_table(out, names, seed, show_missing=seed == ablated[0])
+    if len(ablated) > 1:
+        lever_over_seeds(out, names, ablated)
 
 
 def by_family(files: dict, base: dict, teacher: dict | None) -> None:
@@ -579,15 +589,16 @@ def step_table(seeds: dict) -> None:
         print(table(["seed", "round", "round s", "engine starts s", "generator", "step s"], rows))
 
 
-def ablation_table(out: Path, names: dict, seed: int) -> None:
-    print("\nAblations (one seed): one lever switched off per row (one the recipe has off, switched on)")
-    done = json.loads((out / "ablations.json").read_text())
+def ablation_table(out: Path, names: dict, seed: int, show_missing: bool = True) -> None:
+    print(f"\nAblations, seed {seed}: one lever switched off per row (one the recipe has off, switched on)")
+    done = json.loads(ablations_file(out, seed).read_text())
     rows = []
     for i, name in enumerate(names):
         if names[name] is None:
             continue
         if name not in done:
-            rows.append([name, "not run", "", "", "", ""])
+            if show_missing:
+                rows.append([name, "not run", "", "", "", ""])
             continue
         r, test = done[name], out / f"ablation-{i}-s{seed}" / "test.json"
         versus = ""
@@ -600,6 +611,21 @@ def ablation_table(out: Path, names: dict, seed: int) -> None:
     print(
         table(["loop", "test %", "validation %", "gen. tokens", "rounds", "paired with the full loop"], rows)
     )
+
+
+def lever_over_seeds(out: Path, names: dict, seeds: list[int]) -> None:
+    """Each lever run on more than one seed: its row's test score minus that seed's full loop, per seed."""
+    done = {s: json.loads(ablations_file(out, s).read_text()) for s in seeds}
+    full = next(iter(names))
+    rows = []
+    for name in list(names)[1:]:
+        diffs = {s: d[name]["test"] - d[full]["test"] for s, d in done.items() if name in d and full in d}
+        if len(diffs) > 1:
+            per_seed = ", ".join(f"s{s}: {100 * v:+.1f}" for s, v in diffs.items())
+            rows.append([name, len(diffs), mean_sd(list(diffs.values())), per_seed])
+    if rows:
+        print("\nLevers run on several seeds: the row's test % minus the full loop's, same seed")
+        print(table(["loop", "seeds", "difference, points (mean ± sd)", "per seed"], rows))
 
 
 if __name__ == "__main__":
