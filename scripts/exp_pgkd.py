@@ -540,11 +540,12 @@ def report(out: Path, test_n: int, names: dict) -> None:
     )
     by_family(files, base, teacher)
     step_table(seeds)
-    ablated = [s for s in seeds if ablations_file(out, s).exists()]
-    for seed in ablated:  # the first seed's table lists every lever; later seeds', the ones they ran
-        ablation_table(out, names, seed, show_missing=seed == ablated[0])
+    ablated = {s: json.loads(f.read_text()) for s in seeds if (f := ablations_file(out, s)).exists()}
+    # the first seed's table lists every lever; later seeds', the ones they ran
+    for seed, done in ablated.items():
+        ablation_table(out, names, seed, done, show_missing=seed == next(iter(ablated)))
     if len(ablated) > 1:
-        lever_over_seeds(out, names, ablated)
+        lever_over_seeds(names, ablated)
 
 
 def by_family(files: dict, base: dict, teacher: dict | None) -> None:
@@ -589,9 +590,9 @@ def step_table(seeds: dict) -> None:
         print(table(["seed", "round", "round s", "engine starts s", "generator", "step s"], rows))
 
 
-def ablation_table(out: Path, names: dict, seed: int, show_missing: bool = True) -> None:
+def ablation_table(out: Path, names: dict, seed: int, done: dict, show_missing: bool = True) -> None:
+    """One seed's ablation rows (`done`: lever name -> result), each paired with that seed's full loop."""
     print(f"\nAblations, seed {seed}: one lever switched off per row (one the recipe has off, switched on)")
-    done = json.loads(ablations_file(out, seed).read_text())
     rows = []
     for i, name in enumerate(names):
         if names[name] is None:
@@ -613,9 +614,9 @@ def ablation_table(out: Path, names: dict, seed: int, show_missing: bool = True)
     )
 
 
-def lever_over_seeds(out: Path, names: dict, seeds: list[int]) -> None:
-    """Each lever run on more than one seed: its row's test score minus that seed's full loop, per seed."""
-    done = {s: json.loads(ablations_file(out, s).read_text()) for s in seeds}
+def lever_over_seeds(names: dict, done: dict) -> None:
+    """Each lever run on more than one seed (`done`: seed -> its ablation rows): the row's test score minus
+    that seed's full loop, per seed."""
     full = next(iter(names))
     rows = []
     for name in list(names)[1:]:
