@@ -295,11 +295,13 @@ def run_single_pass(folder: Path, recipe: dict, tokens: int, base_run: Path, n0:
 
 def ablations(recipe: dict) -> dict[str, dict | None]:
     """One lever switched off per row; the levers the recipe has off (weighting; adaptive effort in the
-    quickstart) are switched on. A row runs in ablation-<its index here>-s<seed>, so rows are only appended;
-    a row the recipe makes moot is None (skipped)."""
+    quickstart, the warm start in the harder setting) are switched on. A row runs in
+    ablation-<its index here>-s<seed>, so rows are only appended; a row the recipe makes moot is None (not
+    run; a row that ran before the recipe changed is still reported)."""
     n = stage(recipe, "generate").get("n", 4)
     most = LoopConfig().hard_samples  # the library default
     adaptive = recipe.get("loop", {}).get("hard_samples", most) > n
+    warm = recipe.get("loop", {}).get("warm_start", LoopConfig().warm_start)
     return {
         "loop (all levers)": {},
         "- targeted regeneration (same structure, new numbers)": {"method": "task"},
@@ -308,7 +310,9 @@ def ablations(recipe: dict) -> dict[str, dict | None]:
         else None,
         "- student as generator (teacher only)": {"generator": "teacher"},
         "- hard negatives (no DPO on the student's failing answers)": {"hard_negatives": False},
-        "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False},
+        "- warm start with replay (fresh adapter on all data each round)": {"warm_start": False}
+        if warm
+        else None,
         "+ weighting of new rows (each repeated twice)": {"new_weight": 2},
         "+ teacher rewrites (mined on rewritten prompts; failures rewritten, not varied)": {
             "method": "rephrase",
@@ -317,6 +321,9 @@ def ablations(recipe: dict) -> dict[str, dict | None]:
         f"+ adaptive effort (up to {most} samples per new prompt, until 2 verify)": None
         if adaptive
         else {"hard_samples": most},
+        "+ warm start with replay (keep training the best student on the new rows)": None
+        if warm
+        else {"warm_start": True},
     }
 
 
@@ -595,10 +602,8 @@ def ablation_table(out: Path, names: dict, seed: int, done: dict, show_missing: 
     print(f"\nAblations, seed {seed}: one lever switched off per row (one the recipe has off, switched on)")
     rows = []
     for i, name in enumerate(names):
-        if names[name] is None:
-            continue
-        if name not in done:
-            if show_missing:
+        if name not in done:  # a row that ran is shown even if the recipe has since made it moot
+            if show_missing and names[name] is not None:
                 rows.append([name, "not run", "", "", "", ""])
             continue
         r, test = done[name], out / f"ablation-{i}-s{seed}" / "test.json"
