@@ -299,9 +299,10 @@ def ablations(recipe: dict) -> dict[str, dict | None]:
     ablation-<its index here>-s<seed>, so rows are only appended; a row the recipe makes moot is None (not
     run; a row that ran before the recipe changed is still reported)."""
     n = stage(recipe, "generate").get("n", 4)
-    most = LoopConfig().hard_samples  # the library default
-    adaptive = recipe.get("loop", {}).get("hard_samples", most) > n
-    warm = recipe.get("loop", {}).get("warm_start", LoopConfig().warm_start)
+    default, loop = LoopConfig(), recipe.get("loop") or {}
+    most = default.hard_samples
+    adaptive = loop.get("hard_samples", most) > n
+    warm = loop.get("warm_start", default.warm_start)
     return {
         "loop (all levers)": {},
         "- targeted regeneration (same structure, new numbers)": {"method": "task"},
@@ -547,7 +548,7 @@ def report(out: Path, test_n: int, names: dict) -> None:
     )
     by_family(files, base, teacher)
     step_table(seeds)
-    ablated = {s: json.loads(f.read_text()) for s in seeds if (f := ablations_file(out, s)).exists()}
+    ablated = {s: rows for s in seeds if (rows := load(ablations_file(out, s)))}
     # the first seed's table lists every lever; later seeds', the ones they ran
     for seed, done in ablated.items():
         ablation_table(out, names, seed, done, show_missing=seed == next(iter(ablated)))
